@@ -12,7 +12,17 @@ from .keys import KeySet
 from .plan import AffineStage, LutStage, Step, compile_steps
 
 
-class _AffineCall(nn.Module):
+class _KeyCall(nn.Module):
+    """One op call. Its key tensors follow the module's device, but keep their dtype under
+    ``.half()`` / ``.to(torch.float64)``: casting the tables would change the transform."""
+
+    def _apply(self, fn, recurse=True):
+        for name, buffer in self._buffers.items():
+            self._buffers[name] = buffer.to(fn(buffer.new_empty(0)).device)
+        return self
+
+
+class _AffineCall(_KeyCall):
     def __init__(self, stages: list[AffineStage], block_size: int):
         super().__init__()
         self.block_size = block_size
@@ -23,7 +33,7 @@ class _AffineCall(nn.Module):
         return ops.block_affine(x, self.src, self.params, self.block_size, key_index)
 
 
-class _LutCall(nn.Module):
+class _LutCall(_KeyCall):
     def __init__(self, stages: list[LutStage], block_size: int, straight_through: bool):
         super().__init__()
         self.block_size = block_size
@@ -42,17 +52,19 @@ class _LutCall(nn.Module):
 
     def forward(self, x: torch.Tensor, key_index: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         out_dtype = dtype if x.dtype == torch.uint8 else x.dtype
-        out = ops.block_lut(x, self.src, self.table_id, self.tables.to(out_dtype), self.block_size,
-                            self.scale, self.rounding, key_index)
         if self.straight_through and x.requires_grad:
-            # BPDA: the forward value of the table, the gradient of the bare gather.
-            identity = torch.zeros(self.src.shape[0], 4, self.src.shape[1], dtype=torch.float64,
-                                   device=x.device)
-            identity[:, ops.SCALE] = 1
-            identity[:, ops.DIV] = 1
-            moved = ops.block_affine(x, self.src, identity, self.block_size, key_index)
-            out = out + (moved - moved.detach()).to(out.dtype)
-        return out
+            return self._straight_through(x, key_index, out_dtype)
+        return ops.block_lut(x, self.src, self.table_id, self.tables.to(out_dtype), self.block_size,
+                            self.scale, self.rounding, key_index)
+
+    def _straight_through(self, x, key_index, out_dtype):
+        # BPDA: the forward value of the table, the gradient of the bare gather.
+        out = self(x.detach(), key_index, out_dtype)
+        identity = torch.zeros(self.src.shape[0], 4, self.src.shape[1], dtype=torch.float64, device=x.device)
+        identity[:, ops.SCALE] = 1
+        identity[:, ops.DIV] = 1
+        moved = ops.block_affine(x, self.src, identity, self.block_size, key_index)
+        return out + (moved - moved.detach()).to(out.dtype)
 
 
 class CompiledChain(nn.Module):

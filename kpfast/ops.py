@@ -35,7 +35,14 @@ def block_affine(x: torch.Tensor, src: torch.Tensor, params: torch.Tensor, block
 def _output_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # Same rule as the kernels: channels_last stays channels_last, anything else is contiguous.
     fmt = torch._prims_common.suggest_memory_format(x)
-    return x.new_empty(x.shape, dtype=dtype, memory_format=fmt)
+    return torch.empty(x.shape, dtype=dtype, device=x.device, memory_format=fmt)
+
+
+def _check_devices(x: torch.Tensor, **keys: torch.Tensor | None) -> None:
+    for name, t in keys.items():
+        if t is not None:
+            torch._check(t.device == x.device, lambda: f"{name} is on {t.device} but the images are on "
+                         f"{x.device}; move the key to the images' device")
 
 
 def _check_geometry(x: torch.Tensor, src: torch.Tensor, block_size: int) -> None:
@@ -49,6 +56,7 @@ def _check_geometry(x: torch.Tensor, src: torch.Tensor, block_size: int) -> None
 
 @torch.library.register_fake("kpfast::block_lut")
 def _block_lut_fake(x, src, table_id, tables, block_size, qscale, rounding, key_index):
+    _check_devices(x, src=src, table_id=table_id, tables=tables, key_index=key_index)
     _check_geometry(x, src, block_size)
     torch._check(x.dtype == torch.uint8 or x.dtype.is_floating_point, lambda: "uint8 or float images")
     return _output_like(x, tables.dtype)
@@ -56,6 +64,7 @@ def _block_lut_fake(x, src, table_id, tables, block_size, qscale, rounding, key_
 
 @torch.library.register_fake("kpfast::block_affine")
 def _block_affine_fake(x, src, params, block_size, key_index):
+    _check_devices(x, src=src, params=params, key_index=key_index)
     _check_geometry(x, src, block_size)
     torch._check(x.dtype.is_floating_point, lambda: "the affine path needs float images")
     return _output_like(x, x.dtype)
@@ -78,5 +87,11 @@ def _affine_backward(ctx, grad):
     return block_affine(grad, inv, back, ctx.block_size, key_index), None, None, None, None
 
 
+def _lut_backward(ctx, grad):
+    raise RuntimeError("kpfast.block_lut (FFX, or a uint8 table) is not differentiable; for attacks "
+                       "build the transform with straight_through=True")
+
+
+torch.library.register_autograd("kpfast::block_lut", _lut_backward, setup_context=lambda ctx, inputs, output: None)
 torch.library.register_autograd("kpfast::block_affine", _affine_backward,
                                 setup_context=_affine_setup_context)

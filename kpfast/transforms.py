@@ -87,17 +87,23 @@ class BlockTransform(nn.Module):
             return CompiledChain(key_list, steps, integer_input, straight_through)
 
         self._forward_int, self._forward_float = chain(False, True), chain(False, False)
-        self._inverse_int, self._inverse_float = chain(True, True), chain(True, False)
+        # Inverse FFX quantises with max(lut), one scale per launch: keys must share it.
+        self._invertible = "ffx" not in ops or len({k.ffx_max for k in key_list}) == 1
+        if self._invertible:
+            self._inverse_int, self._inverse_float = chain(True, True), chain(True, False)
 
     def forward(self, x: torch.Tensor, key_index: torch.Tensor | None = None) -> torch.Tensor:
         """Protect images: uint8 or float in [0, 1], NCHW or CHW."""
-        return self._apply(self._forward_int, self._forward_float, x, key_index)
+        return self._run(self._forward_int, self._forward_float, x, key_index)
 
     def inverse(self, y: torch.Tensor, key_index: torch.Tensor | None = None) -> torch.Tensor:
         """Undo ``forward`` (Normalize included): returns float images in [0, 1]."""
-        return self._apply(self._inverse_int, self._inverse_float, y, key_index)
+        if not self._invertible:
+            raise ValueError("these key sets have FFX tables of different maxima and cannot be "
+                             "inverted in one call; invert with one BlockTransform per key set")
+        return self._run(self._inverse_int, self._inverse_float, y, key_index)
 
-    def _apply(self, integer_chain: CompiledChain, float_chain: CompiledChain, x: torch.Tensor,
+    def _run(self, integer_chain: CompiledChain, float_chain: CompiledChain, x: torch.Tensor,
                key_index: torch.Tensor | None) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected a tensor of images, got {type(x).__name__}")
