@@ -41,36 +41,39 @@ inline std::vector<int64_t> image_keys(const std::optional<at::Tensor>& key_inde
 }
 
 // Calls fn(out_offset, in_offset, key_position) for every output element, where key_position =
-// k * L + l indexes the per-key, per-position data of the kernel.
+// k * L + l indexes the per-key, per-position data of the kernel. Threads take contiguous ranges
+// of output rows (in memory order), so each writes (and page-faults) its own stretch of memory.
 template <typename Fn>
 void for_each_element(const BlockGeometry& g, const at::Tensor& x, bool channels_last_out,
                       const std::vector<int64_t>& keys, const std::vector<int64_t>& rel, const Fn& fn) {
   const int64_t N = g.N, C = g.C, H = g.H, W = g.W, M = g.M, L = g.L;
   const int64_t sN = x.stride(0), sH = x.stride(2), sW = x.stride(3);
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * C));
-  at::parallel_for(0, N * H, grain, [&](int64_t begin, int64_t end) {
+  // An output row: (n, y) of W * C elements for channels_last, (n, c, y) of W elements otherwise.
+  const int64_t row_length = channels_last_out ? W * C : W;
+  const int64_t rows = channels_last_out ? N * H : N * C * H;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_length));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / H, y = row % H, ym = y % M;
+      const int64_t y = row % H, ym = y % M;
+      const int64_t n = channels_last_out ? row / H : row / (C * H);
       const int64_t kL = keys[n] * L;
       const int64_t* rel_k = rel.data() + kL;
       const int64_t in_row = n * sN + (y - ym) * sH;  // first row of this block row
+      int64_t o = row * row_length;
       if (channels_last_out) {
         // One block contributes M * C consecutive outputs whose positions are consecutive too.
-        int64_t o = (n * H + y) * W * C;
         const int64_t l0 = ym * M * C;
         for (int64_t bx = 0; bx < W / M; ++bx) {
           const int64_t in_block = in_row + bx * M * sW;
           for (int64_t j = 0; j < M * C; ++j) fn(o++, in_block + rel_k[l0 + j], kL + l0 + j);
         }
       } else {
-        for (int64_t c = 0; c < C; ++c) {
-          int64_t o = ((n * C + c) * H + y) * W;
-          for (int64_t bx = 0; bx < W / M; ++bx) {
-            const int64_t in_block = in_row + bx * M * sW;
-            for (int64_t xm = 0; xm < M; ++xm) {
-              const int64_t l = block_position(ym, xm, c, M, C);
-              fn(o++, in_block + rel_k[l], kL + l);
-            }
+        const int64_t c = (row / H) % C;
+        for (int64_t bx = 0; bx < W / M; ++bx) {
+          const int64_t in_block = in_row + bx * M * sW;
+          for (int64_t xm = 0; xm < M; ++xm) {
+            const int64_t l = block_position(ym, xm, c, M, C);
+            fn(o++, in_block + rel_k[l], kL + l);
           }
         }
       }
