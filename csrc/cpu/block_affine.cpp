@@ -36,12 +36,14 @@ at::Tensor block_affine_cpu(const at::Tensor& x, const at::Tensor& src, const at
               static_cast<math_t>(pp[(k * kNumAffineParams + j) * g.L + l]);
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    for_each_element(g, x, fmt == at::MemoryFormat::ChannelsLast, keys, rel,
-                     [&](int64_t oi, int64_t ii, int64_t kl) {
-                       const math_t* c = coef.data() + kl * kNumAffineParams;
-                       o[oi] = static_cast<scalar_t>(affine<math_t>(static_cast<math_t>(in[ii]), c[kScale],
-                                                                    c[kBias], c[kSub], c[kDiv]));
-                     });
+    for_each_run(g, x, fmt == at::MemoryFormat::ChannelsLast, keys, rel,
+                 [&](int64_t oi, int64_t os, int64_t ii, int64_t is, int64_t n, int64_t kl) {
+                   const math_t* c = coef.data() + kl * kNumAffineParams;
+                   const math_t scale = c[kScale], bias = c[kBias], sub = c[kSub], div = c[kDiv];
+                   for (int64_t i = 0; i < n; ++i)
+                     o[oi + i * os] = static_cast<scalar_t>(
+                         affine<math_t>(static_cast<math_t>(in[ii + i * is]), scale, bias, sub, div));
+                 });
   });
   return out;
 }

@@ -41,16 +41,20 @@ at::Tensor block_lut_cpu(const at::Tensor& x, const at::Tensor& src, const at::T
     const bool cl = fmt == at::MemoryFormat::ChannelsLast;
     if (x.scalar_type() == at::kByte) {
       const uint8_t* in = x.const_data_ptr<uint8_t>();
-      for_each_element(g, x, cl, keys, rel,
-                       [&](int64_t oi, int64_t ii, int64_t kl) { o[oi] = row[kl][in[ii]]; });
+      for_each_run(g, x, cl, keys, rel, [&](int64_t oi, int64_t os, int64_t ii, int64_t is, int64_t n, int64_t kl) {
+        const out_t* table = row[kl];
+        for (int64_t i = 0; i < n; ++i) o[oi + i * os] = table[in[ii + i * is]];
+      });
     } else {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "block_lut_in", [&] {
         using math_t = at::opmath_type<scalar_t>;
         const scalar_t* in = x.const_data_ptr<scalar_t>();
         const math_t scale = static_cast<math_t>(qscale);
         const int32_t levels = static_cast<int32_t>(V);
-        for_each_element(g, x, cl, keys, rel, [&](int64_t oi, int64_t ii, int64_t kl) {
-          o[oi] = row[kl][quantize<math_t>(static_cast<math_t>(in[ii]), scale, levels, round_mode)];
+        for_each_run(g, x, cl, keys, rel, [&](int64_t oi, int64_t os, int64_t ii, int64_t is, int64_t n, int64_t kl) {
+          const out_t* table = row[kl];
+          for (int64_t i = 0; i < n; ++i)
+            o[oi + i * os] = table[quantize<math_t>(static_cast<math_t>(in[ii + i * is]), scale, levels, round_mode)];
         });
       });
     }

@@ -40,42 +40,35 @@ inline std::vector<int64_t> image_keys(const std::optional<at::Tensor>& key_inde
   return keys;
 }
 
-// Calls fn(out_offset, in_offset, key_position) for every output element, where key_position =
-// k * L + l indexes the per-key, per-position data of the kernel. Threads take contiguous ranges
-// of output rows (in memory order), so each writes (and page-faults) its own stretch of memory.
-template <typename Fn>
-void for_each_element(const BlockGeometry& g, const at::Tensor& x, bool channels_last_out,
-                      const std::vector<int64_t>& keys, const std::vector<int64_t>& rel, const Fn& fn) {
+// Traverses the output in runs: run(out, out_step, in, in_step, count, key_position) stands for
+//     for i < count: output[out + i * out_step] = f_{key_position}(input[in + i * in_step])
+// where key_position = k * L + l indexes the per-key, per-position data of the kernel. A run is one
+// block position along an output row, so the kernel reads its table or coefficients once per run
+// and its inner loop is one load, one lookup and one store. Threads take contiguous ranges of
+// output rows (memory order), so each writes (and page-faults) its own stretch of memory.
+template <typename Run>
+void for_each_run(const BlockGeometry& g, const at::Tensor& x, bool channels_last_out,
+                  const std::vector<int64_t>& keys, const std::vector<int64_t>& rel, const Run& run) {
   const int64_t N = g.N, C = g.C, H = g.H, W = g.W, M = g.M, L = g.L;
   const int64_t sN = x.stride(0), sH = x.stride(2), sW = x.stride(3);
-  // An output row: (n, y) of W * C elements for channels_last, (n, c, y) of W elements otherwise.
+  // An output row: (n, y) of W * C elements for channels_last, (n, c, y) of W elements otherwise;
+  // along it the block positions repeat with period P.
   const int64_t row_length = channels_last_out ? W * C : W;
   const int64_t rows = channels_last_out ? N * H : N * C * H;
+  const int64_t period = channels_last_out ? M * C : M;
+  const int64_t blocks = W / M;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_length));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t y = row % H, ym = y % M;
       const int64_t n = channels_last_out ? row / H : row / (C * H);
+      const int64_t c = channels_last_out ? 0 : (row / H) % C;
       const int64_t kL = keys[n] * L;
-      const int64_t* rel_k = rel.data() + kL;
-      const int64_t in_row = n * sN + (y - ym) * sH;  // first row of this block row
-      int64_t o = row * row_length;
-      if (channels_last_out) {
-        // One block contributes M * C consecutive outputs whose positions are consecutive too.
-        const int64_t l0 = ym * M * C;
-        for (int64_t bx = 0; bx < W / M; ++bx) {
-          const int64_t in_block = in_row + bx * M * sW;
-          for (int64_t j = 0; j < M * C; ++j) fn(o++, in_block + rel_k[l0 + j], kL + l0 + j);
-        }
-      } else {
-        const int64_t c = (row / H) % C;
-        for (int64_t bx = 0; bx < W / M; ++bx) {
-          const int64_t in_block = in_row + bx * M * sW;
-          for (int64_t xm = 0; xm < M; ++xm) {
-            const int64_t l = block_position(ym, xm, c, M, C);
-            fn(o++, in_block + rel_k[l], kL + l);
-          }
-        }
+      const int64_t in_row = n * sN + (y - ym) * sH;  // first element of this row's block row
+      for (int64_t j = 0; j < period; ++j) {
+        // channels_last: j = xm * C + c', so l = ym * M * C + j; otherwise j = xm.
+        const int64_t l = channels_last_out ? ym * M * C + j : block_position(ym, j, c, M, C);
+        run(row * row_length + j, period, in_row + rel[kL + l], M * sW, blocks, kL + l);
       }
     }
   });

@@ -58,7 +58,7 @@ def encrypt(args: argparse.Namespace) -> int:
     src, dst = Path(args.input), Path(args.output)
     files = list_images(src)
     for path in tqdm(files, desc="encrypt", unit="img"):
-        image = torch.from_numpy(read_image(path, keys.channels))
+        image = torch.from_numpy(read_image(path, keys.channels).copy())
         try:
             y = transform(image)
         except ValueError as e:
