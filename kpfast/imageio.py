@@ -2,13 +2,13 @@
 cannot write 16-bit RGB) for the integer codes of FFX chains. Writes are atomic."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import png
 from PIL import Image
+
+from .atomic import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -31,15 +31,8 @@ def write_png(path: str | Path, codes: np.ndarray, bitdepth: int) -> None:
     C, H, W = codes.shape
     rows = codes.transpose(1, 2, 0).reshape(H, W * C)
     writer = png.Writer(W, H, greyscale=C == 1, alpha=C == 4, bitdepth=bitdepth)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer.write(f, rows.astype(np.uint16 if bitdepth == 16 else np.uint8))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    data = rows.astype(np.uint16 if bitdepth == 16 else np.uint8)
+    atomic_write(path, lambda f: writer.write(f, data))
 
 
 def read_png_codes(path: str | Path) -> np.ndarray:

@@ -52,6 +52,7 @@ from typing import Any, Union
 
 import torch
 
+from .atomic import atomic_write
 from .ffx import ffx_table
 
 __all__ = ["KeySet", "KeyFileError"]
@@ -286,24 +287,8 @@ class KeySet:
         fields["sha256"] = hashlib.sha256(_canonical_json(fields)).hexdigest()
         data = (json.dumps(fields, indent=1) + "\n").encode("ascii")
 
-        path = os.fspath(path)
-        directory, name = os.path.split(os.path.abspath(path))
-        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
-        # O_EXCL + 0o600: the secret is never readable by others, even for an instant.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_directory(directory)
+        # Owner-only from the first byte on: the secret is never readable by others.
+        atomic_write(path, lambda f: f.write(data), mode=0o600)
 
     @classmethod
     def load(cls, path: PathLike) -> KeySet:
@@ -368,17 +353,3 @@ def _parse_hex(value: Any) -> bytes:
         return bytes.fromhex(value)
     except (TypeError, ValueError):
         raise ValueError("ffx_password must be a hex string") from None
-
-
-def _fsync_directory(directory: str) -> None:
-    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -2,7 +2,6 @@
 random inputs: bit for bit in float32."""
 import itertools
 
-import numpy as np
 import pytest
 import torch
 

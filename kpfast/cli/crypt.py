@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..atomic import atomic_write
 from ..imageio import list_images, read_image, read_png_codes, write_png
 from ..keys import KeySet
 from ..plan import TRANSFORMS
@@ -41,10 +39,7 @@ def _code_scale(ops: tuple[str, ...], keys: KeySet) -> int:
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, folder / MANIFEST)
+    atomic_write(folder / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
 
 
 def encrypt(args: argparse.Namespace) -> int:

@@ -1,0 +1,82 @@
+"""`ImageSet`: the one container every loader in `kpfast.data` returns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no boolean equality
+class ImageSet:
+    """Images as contiguous uint8 `[N, C, H, W]`, labels as int64 `[N]`, and class names.
+
+    `labels[i]` indexes `classes`. Kept as uint8 on purpose: the block-wise transforms are
+    defined on 8-bit pixels, and uint8 is 4x smaller than float to keep on a device.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        x, y = self.images, self.labels
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
+            raise TypeError(f"images must be a uint8 tensor [N, C, H, W], got {_describe(x)}")
+        if not x.is_contiguous():
+            raise ValueError("images must be contiguous (call .contiguous() first)")
+        if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1:
+            raise TypeError(f"labels must be an int64 tensor [N], got {_describe(y)}")
+        if len(y) != len(x):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+        if y.device != x.device:
+            raise ValueError(f"images on {x.device} but labels on {y.device}")
+        if not isinstance(self.classes, tuple) or not all(isinstance(c, str) for c in self.classes):
+            raise TypeError(f"classes must be a tuple of str, got {self.classes!r}")
+        if not self.classes:
+            raise ValueError("classes must not be empty")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
+            raise ValueError(
+                f"labels must lie in [0, {len(self.classes)}), "
+                f"got range [{int(y.min())}, {int(y.max())}]"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return (f"ImageSet(n={len(self)}, shape={tuple(self.images.shape[1:])}, "
+                f"classes={len(self.classes)}, device={self.images.device})")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, indices: torch.Tensor | Sequence[int] | Sequence[bool]) -> ImageSet:
+        """The images at `indices` (in that order; repeats allowed) or a bool mask, as a new set."""
+        idx = torch.as_tensor(indices, device=self.labels.device)
+        idx = idx.nonzero().flatten() if idx.dtype == torch.bool else idx.long()
+        return ImageSet(self.images[idx].contiguous(), self.labels[idx], self.classes)
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+        """Stratified split: the first set takes `round(fraction * n_c)` images of each class.
+
+        Deterministic for a seed; both parts keep the original order of their images.
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        gen = torch.Generator().manual_seed(seed)
+        labels = self.labels.cpu()
+        take = torch.zeros(len(labels), dtype=torch.bool)
+        for c in range(self.num_classes):
+            members = torch.nonzero(labels == c).flatten()
+            chosen = members[torch.randperm(len(members), generator=gen)]
+            take[chosen[: round(fraction * len(members))]] = True
+        return self.subset(torch.nonzero(take).flatten()), self.subset(torch.nonzero(~take).flatten())
+
+
+def _describe(t: object) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"{t.dtype} tensor of shape {tuple(t.shape)}"
+    return type(t).__name__

@@ -1,0 +1,91 @@
+import standins
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from kpfast.evaluate import evaluate_protection, format_markdown, write_json
+from kpfast.train import train
+
+SHAPE = (3, 8, 8)
+CLASSES = ("plane", "car", "bird", "cat")
+
+
+class FakeKey(standins.FakeKey):
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed, SHAPE)
+
+
+PixelShuffle = standins.PixelShuffle
+
+
+def toy_set(n: int, seed: int) -> SimpleNamespace:
+    """ImageSet-like: each class has its own random template image, plus noise."""
+    templates = torch.randint(0, 2, (len(CLASSES), *SHAPE), generator=torch.Generator().manual_seed(0)) * 160
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, len(CLASSES), (n,), generator=g)
+    images = templates[labels] + torch.randint(0, 96, (n, *SHAPE), generator=g)
+    return SimpleNamespace(images=images.to(torch.uint8), labels=labels, classes=CLASSES)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A linear classifier trained for a moment behind key 0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(SHAPE), len(CLASSES)))
+    data = toy_set(256, seed=1)
+    batches = list(zip(data.images.split(32), data.labels.split(32)))
+    train(model, PixelShuffle(FakeKey(0)), batches, epochs=3, lr=0.05, device="cpu", progress=False)
+    return model
+
+
+def test_correct_key_beats_wrong_keys_and_plain_images(trained):
+    seeds = iter(range(100, 200))
+    results = evaluate_protection(trained, PixelShuffle, FakeKey(0), toy_set(400, seed=2), wrong_keys=5,
+                                  generate_key=lambda: FakeKey(next(seeds)), device="cpu", batch_size=128)
+    correct = results["correct_key"]["accuracy"]
+    assert correct > 0.95
+    assert results["wrong_keys"]["max"] < correct - 0.3
+    assert results["plain_images"]["accuracy"] < correct - 0.3
+    assert results["wrong_keys"]["min"] <= results["wrong_keys"]["mean"] <= results["wrong_keys"]["max"]
+    assert results["wrong_keys"]["count"] == len(results["wrong_keys"]["fingerprints"]) == 5
+    assert list(results["correct_key"]["per_class_accuracy"]) == list(CLASSES)
+    assert results["key_fingerprint"] == FakeKey(0).fingerprint() and results["num_images"] == 400
+
+
+def test_markdown_and_json_hold_the_numbers_not_the_key(trained, tmp_path):
+    results = evaluate_protection(trained, PixelShuffle, FakeKey(0), toy_set(200, seed=3),
+                                  wrong_keys=[FakeKey(7), FakeKey(8)], device="cpu")
+    text = format_markdown(results)
+    for value in (results["correct_key"]["accuracy"], results["wrong_keys"]["mean"],
+                  results["wrong_keys"]["min"], results["wrong_keys"]["max"],
+                  results["plain_images"]["accuracy"], *results["correct_key"]["per_class_accuracy"].values()):
+        assert f"{100 * value:.2f} %" in text
+    assert all(name in text for name in CLASSES)
+    assert results["key_fingerprint"] in text
+
+    write_json(results, tmp_path / "r.json")
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved == results
+    compact = json.dumps(saved, separators=(",", ":"))
+    assert json.dumps(FakeKey(0).perm.tolist(), separators=(",", ":"))[1:-1] not in compact
+
+
+def test_a_wrong_key_equal_to_the_right_one_is_refused(trained):
+    with pytest.raises(ValueError, match="equals the correct key"):
+        evaluate_protection(trained, PixelShuffle, FakeKey(0), toy_set(10, seed=4), wrong_keys=[FakeKey(0)], device="cpu")
+
+
+def test_with_the_real_block_transform():
+    from kpfast import BlockTransform, KeySet
+
+    data = toy_set(64, seed=5)
+    make = lambda k: BlockTransform(k, ["shuffle"], mean=(0.5,) * 3, std=(0.25,) * 3)  # noqa: E731
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(SHAPE), len(CLASSES)))
+    results = evaluate_protection(model, make, KeySet.generate(4), data, wrong_keys=2, device="cpu")
+    assert results["wrong_keys"]["count"] == 2  # default generator: KeySet.generate(4, 3)
+    assert results["transform"]["ops"] == ["shuffle"]
