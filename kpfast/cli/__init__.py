@@ -5,8 +5,9 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("keygen", "encrypt", "decrypt", "bench", "demo")
-_MODULES = {"keygen": "keygen", "encrypt": "crypt", "decrypt": "crypt", "bench": "bench", "demo": "demo"}
+COMMANDS = ("demo", "keygen", "encrypt", "decrypt", "train", "eval", "reproduce", "i2p", "bench")
+_MODULES = {"keygen": "keygen", "encrypt": "crypt", "decrypt": "crypt", "bench": "bench", "demo": "demo",
+            "train": "train", "eval": "evaluate", "reproduce": "reproduce", "i2p": "i2p"}
 
 
 def build_parser() -> argparse.ArgumentParser:
