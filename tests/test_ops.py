@@ -134,7 +134,7 @@ def test_ffx_straight_through_gradient():
     assert torch.equal(x.grad, kpfast.Shuffle(keys).inverse(w))
 
 
-@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("backend", ["eager", "aot_eager", "inductor"])
 def test_torch_compile_fullgraph(backend):
     keys = kpfast.KeySet.generate(4)
     t = kpfast.BlockTransform(keys, mean=(0.5,) * 3, std=(0.25,) * 3)
