@@ -6,6 +6,7 @@ from . import _C
 from . import ops  # noqa: F401  (fake kernels and autograd of torch.ops.kpfast.*)
 from . import functional
 from .keys import KeyFileError, KeySet
+from .protected import KeyMismatchError, ProtectedModel
 from .transforms import FFX, BlockTransform, NegPos, Shuffle
 
 __version__ = "0.1.0"
@@ -16,5 +17,5 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["BlockTransform", "FFX", "KeyFileError", "KeySet", "NegPos", "Shuffle", "build_info",
-           "functional"]
+__all__ = ["BlockTransform", "FFX", "KeyFileError", "KeyMismatchError", "KeySet", "NegPos",
+           "ProtectedModel", "Shuffle", "build_info", "functional"]
