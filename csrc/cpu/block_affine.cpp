@@ -2,7 +2,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "cpu/block_rows.h"
@@ -21,7 +20,7 @@ at::Tensor block_affine_cpu(const at::Tensor& x, const at::Tensor& src, const at
   const std::vector<int64_t> keys = image_keys(key_index, g);
   const at::Tensor p = params.contiguous();
   const at::MemoryFormat fmt = output_format(x);
-  at::Tensor out = at::empty(x.sizes(), x.options(), fmt);
+  at::Tensor out = empty_output(x, x.scalar_type(), fmt);
   if (out.numel() == 0) return out;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "block_affine", [&] {

@@ -2,7 +2,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "cpu/block_rows.h"
@@ -25,7 +24,7 @@ at::Tensor block_lut_cpu(const at::Tensor& x, const at::Tensor& src, const at::T
   const at::Tensor ids = table_id.contiguous();
   const at::Tensor tab = tables.contiguous();
   const at::MemoryFormat fmt = output_format(x);
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(tables.scalar_type()), fmt);
+  at::Tensor out = empty_output(x, tables.scalar_type(), fmt);
   if (out.numel() == 0) return out;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tab.scalar_type(), "block_lut_out", [&] {

@@ -4,13 +4,34 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
+#include <cstdint>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "kernels/block_index.h"
 #include "op_checks.h"
 
 namespace kpfast::cpu {
+
+// The output tensor, in the input's memory format. A large fresh output costs more in page faults
+// than the kernel costs in arithmetic; asking the kernel for transparent huge pages first (where
+// THP is in "madvise" mode, as on common Linux setups) makes that 512 times fewer faults.
+inline at::Tensor empty_output(const at::Tensor& x, at::ScalarType dtype, at::MemoryFormat fmt) {
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype), fmt);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
+  const uintptr_t end = begin + out.nbytes();
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // a hint
+#endif
+  return out;
+}
 
 // Input offset of every (key, destination position) relative to its block's first element.
 inline std::vector<int64_t> source_offsets(const at::Tensor& src, const BlockGeometry& g,
