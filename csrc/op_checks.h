@@ -94,6 +94,26 @@ inline void check_affine_params(const char* op, const at::Tensor& x, const Block
   check_same_device(op, "params", params, x);
 }
 
+// All checks of one op, in the order of its schema: the CPU and CUDA wrappers start with these.
+inline BlockGeometry check_block_lut(const at::Tensor& x, const at::Tensor& src, const at::Tensor& table_id,
+                                     const at::Tensor& tables, int64_t block_size,
+                                     const std::optional<at::Tensor>& key_index) {
+  const char* op = "kpfast.block_lut";
+  const BlockGeometry g = check_block_input(op, x, block_size, src);
+  check_lut_tables(op, x, g, table_id, tables);
+  check_key_index(op, key_index, g, x);
+  return g;
+}
+
+inline BlockGeometry check_block_affine(const at::Tensor& x, const at::Tensor& src, const at::Tensor& params,
+                                        int64_t block_size, const std::optional<at::Tensor>& key_index) {
+  const char* op = "kpfast.block_affine";
+  const BlockGeometry g = check_block_input(op, x, block_size, src);
+  check_affine_params(op, x, g, params);
+  check_key_index(op, key_index, g, x);
+  return g;
+}
+
 // Outputs keep the input's memory format (channels_last stays channels_last).
 inline at::MemoryFormat output_format(const at::Tensor& x) {
   return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast

@@ -12,27 +12,12 @@ import kpfast.train
 from kpfast.cli import main
 from kpfast.data.synthetic import CLASSES
 from kpfast.keys import KeySet
+from single_thread import single_thread
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--data", "synthetic", "--train-subset", "300", "--test-subset", "100", "--epochs", "2",
         "--batch-size", "64", "--model", "small_cnn", "--device", "cpu"]
-
-
-@contextlib.contextmanager
-def one_thread():
-    # Tiny models: a second thread adds little, and on a busy 2-core machine spinning OpenMP
-    # threads made these runs 5-8x slower (measured: 4.7 s against 0.6 s per epoch).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def single_threaded():
-    with one_thread():
-        yield
 
 
 def train(out, *extra):
@@ -46,7 +31,7 @@ def run(tmp_path_factory):
     out, key = folder / "run", folder / "secret.key"
     stdout = io.StringIO()
     # capsys is per test, so capture here; module fixtures run before the function-scoped one above
-    with contextlib.redirect_stdout(stdout), one_thread():
+    with contextlib.redirect_stdout(stdout), single_thread():
         assert train(out, "--ops", "shuffle,negpos,ffx", "-M", "4", "--key", str(key)) == 0
     return out, key, stdout.getvalue()
 

@@ -5,15 +5,7 @@ import torch.nn.functional as F
 
 from kpfast.data.synthetic import CLASSES, make_synthetic
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These ops are tiny: extra threads add nothing, and on a busy 2-core runner spinning
-    # OpenMP threads once made the training tests 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_shapes_and_types():

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from kpfast.cli import main
 
@@ -24,15 +23,6 @@ ROOT = Path("/usr/share/datasets/fashion-mnist")
 MIN_CORRECT = 0.60
 MAX_WRONG_MEAN = 0.25
 MAX_WRONG = 0.45
-
-
-@pytest.fixture
-def one_thread():
-    # A second thread makes a busy 2-core machine 5-8x slower (spinning OpenMP threads).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

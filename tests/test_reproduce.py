@@ -1,38 +1,21 @@
 """`kpfast reproduce` on a tiny CPU budget: the report, the plot, per-model resume, --cells errors."""
-import contextlib
 import json
 import os
 import stat
 
 import pytest
-import torch
 
 import kpfast.reproduce
 from kpfast.cli import main
 from kpfast.keys import KeySet
+from single_thread import single_thread
 from kpfast.reproduce import Cell, default_cells, parse_cells
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--data", "synthetic", "--model", "small_cnn", "--epochs", "1", "--batch-size", "64",
         "--train-subset", "200", "--test-subset", "100", "--wrong-keys", "2", "--device", "cpu"]
 CELLS = "plain,ffx-4,shuffle-2"
-
-
-@contextlib.contextmanager
-def one_thread():
-    # Tiny models: a second thread adds little, and on a busy 2-core machine spinning OpenMP
-    # threads made these runs 5-8x slower (measured: 4.7 s against 0.6 s per epoch).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def single_threaded():
-    with one_thread():
-        yield
 
 
 def reproduce(out, cells=CELLS, *extra):
@@ -42,7 +25,7 @@ def reproduce(out, cells=CELLS, *extra):
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     out = tmp_path_factory.mktemp("repro")
-    with one_thread():  # module fixtures run before the function-scoped one above
+    with single_thread():  # module fixtures run before the function-scoped one above
         assert reproduce(out) == 0
     return out
 

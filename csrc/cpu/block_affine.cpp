@@ -11,10 +11,7 @@ namespace {
 
 at::Tensor block_affine_cpu(const at::Tensor& x, const at::Tensor& src, const at::Tensor& params,
                             int64_t block_size, const std::optional<at::Tensor>& key_index) {
-  const char* op = "kpfast.block_affine";
-  const BlockGeometry g = check_block_input(op, x, block_size, src);
-  check_affine_params(op, x, g, params);
-  check_key_index(op, key_index, g, x);
+  const BlockGeometry g = check_block_affine(x, src, params, block_size, key_index);
 
   const std::vector<int64_t> rel = source_offsets(src, g, x);
   const std::vector<int64_t> keys = image_keys(key_index, g);

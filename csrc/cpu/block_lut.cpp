@@ -12,11 +12,8 @@ namespace {
 at::Tensor block_lut_cpu(const at::Tensor& x, const at::Tensor& src, const at::Tensor& table_id,
                          const at::Tensor& tables, int64_t block_size, double qscale,
                          c10::string_view rounding, const std::optional<at::Tensor>& key_index) {
-  const char* op = "kpfast.block_lut";
-  const BlockGeometry g = check_block_input(op, x, block_size, src);
-  check_lut_tables(op, x, g, table_id, tables);
-  check_key_index(op, key_index, g, x);
-  const int32_t round_mode = parse_rounding(op, rounding);
+  const BlockGeometry g = check_block_lut(x, src, table_id, tables, block_size, key_index);
+  const int32_t round_mode = parse_rounding("kpfast.block_lut", rounding);
   const int64_t T = tables.size(0), V = tables.size(1);
 
   const std::vector<int64_t> rel = source_offsets(src, g, x);
@@ -33,7 +30,7 @@ at::Tensor block_lut_cpu(const at::Tensor& x, const at::Tensor& src, const at::T
     std::vector<const out_t*> row(g.K * g.L);
     const int64_t* id = ids.const_data_ptr<int64_t>();
     for (int64_t i = 0; i < g.K * g.L; ++i) {
-      TORCH_CHECK(id[i] >= 0 && id[i] < T, op, ": table_id must be in [0, ", T, "), found ", id[i]);
+      TORCH_CHECK(id[i] >= 0 && id[i] < T, "kpfast.block_lut: table_id must be in [0, ", T, "), found ", id[i]);
       row[i] = tab.const_data_ptr<out_t>() + id[i] * V;
     }
     out_t* o = out.mutable_data_ptr<out_t>();

@@ -33,10 +33,7 @@ void with_cuda_float_type(at::ScalarType t, Fn&& fn) {
 
 at::Tensor block_affine_cuda(const at::Tensor& x, const at::Tensor& src, const at::Tensor& params,
                              int64_t block_size, const std::optional<at::Tensor>& key_index) {
-  const char* op = "kpfast.block_affine";
-  const BlockGeometry g = check_block_input(op, x, block_size, src);
-  check_affine_params(op, x, g, params);
-  check_key_index(op, key_index, g, x);
+  const BlockGeometry g = check_block_affine(x, src, params, block_size, key_index);
 
   const c10::cuda::CUDAGuard guard(x.device());
   const at::MemoryFormat fmt = output_format(x);
@@ -66,7 +63,7 @@ at::Tensor block_affine_cuda(const at::Tensor& x, const at::Tensor& src, const a
                                    static_cast<const Math*>(coef.const_data_ptr()),
                                    static_cast<T*>(out.mutable_data_ptr()), stream);
   });
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, "kpfast.block_affine: CUDA kernel launch failed: ", cudaGetErrorString(err));
   return out;
 }
 

@@ -36,11 +36,8 @@ void with_cuda_type(at::ScalarType t, Fn&& fn) {
 at::Tensor block_lut_cuda(const at::Tensor& x, const at::Tensor& src, const at::Tensor& table_id,
                           const at::Tensor& tables, int64_t block_size, double qscale,
                           c10::string_view rounding, const std::optional<at::Tensor>& key_index) {
-  const char* op = "kpfast.block_lut";
-  const BlockGeometry g = check_block_input(op, x, block_size, src);
-  check_lut_tables(op, x, g, table_id, tables);
-  check_key_index(op, key_index, g, x);
-  const int32_t round_mode = parse_rounding(op, rounding);
+  const BlockGeometry g = check_block_lut(x, src, table_id, tables, block_size, key_index);
+  const int32_t round_mode = parse_rounding("kpfast.block_lut", rounding);
   const int64_t T = tables.size(0), V = tables.size(1);
 
   const c10::cuda::CUDAGuard guard(x.device());
@@ -72,7 +69,7 @@ at::Tensor block_lut_cuda(const at::Tensor& x, const at::Tensor& src, const at::
           V, qscale, round_mode, static_cast<Out*>(out.mutable_data_ptr()), stream);
     });
   });
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, "kpfast.block_lut: CUDA kernel launch failed: ", cudaGetErrorString(err));
   return out;
 }
 
