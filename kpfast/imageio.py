@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import png
 from PIL import Image
 
 from .atomic import atomic_write
@@ -28,6 +27,8 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
 
 def write_png(path: str | Path, codes: np.ndarray, bitdepth: int) -> None:
     """Write [C, H, W] integer codes as an 8- or 16-bit PNG, atomically."""
+    import png  # pypng: only the protected-image files need it
+
     C, H, W = codes.shape
     rows = codes.transpose(1, 2, 0).reshape(H, W * C)
     writer = png.Writer(W, H, greyscale=C == 1, alpha=C == 4, bitdepth=bitdepth)
@@ -37,6 +38,8 @@ def write_png(path: str | Path, codes: np.ndarray, bitdepth: int) -> None:
 
 def read_png_codes(path: str | Path) -> np.ndarray:
     """The integer codes of an 8- or 16-bit PNG as int64 [C, H, W]."""
+    import png
+
     try:
         width, height, rows, info = png.Reader(filename=str(path)).asDirect()
         a = np.vstack([np.asarray(r, dtype=np.int64) for r in rows])
