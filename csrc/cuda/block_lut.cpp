@@ -6,32 +6,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "kernels/block_ops.h"
-#include "op_checks.h"
+#include "cuda/launch_args.h"
 
 namespace kpfast::cuda {
 namespace {
-
-template <typename T>
-struct Tag {
-  using type = T;
-};
-
-// Calls fn(Tag<T>{}) with the CUDA element type of a dtype the checks allowed (at::Half data is
-// passed as __half, at::BFloat16 as __nv_bfloat16: same bits). uint8 only where kBytes.
-template <bool kBytes, typename Fn>
-void with_cuda_type(at::ScalarType t, Fn&& fn) {
-  switch (t) {
-    case at::kFloat: return fn(Tag<float>{});
-    case at::kDouble: return fn(Tag<double>{});
-    case at::kHalf: return fn(Tag<__half>{});
-    case at::kBFloat16: return fn(Tag<__nv_bfloat16>{});
-    case at::kByte:
-      if constexpr (kBytes) return fn(Tag<uint8_t>{});
-      [[fallthrough]];
-    default: TORCH_CHECK(false, "kpfast.block_lut: unexpected dtype ", t);
-  }
-}
 
 at::Tensor block_lut_cuda(const at::Tensor& x, const at::Tensor& src, const at::Tensor& table_id,
                           const at::Tensor& tables, int64_t block_size, double qscale,
@@ -46,16 +24,9 @@ at::Tensor block_lut_cuda(const at::Tensor& x, const at::Tensor& src, const at::
   if (out.numel() == 0) return out;
 
   // Contiguous key material, and the scratch of the packing step (source offsets, table starts).
-  const at::Tensor src_c = src.contiguous(), ids = table_id.contiguous(), tab = tables.contiguous();
-  const at::Tensor keys_c = key_index.has_value() ? key_index->contiguous() : at::Tensor();
-  at::Tensor offsets = at::empty({g.K * g.L}, x.options().dtype(at::kLong));
+  const at::Tensor ids = table_id.contiguous(), tab = tables.contiguous();
   at::Tensor table_rows = at::empty({g.K * g.L}, x.options().dtype(at::kLong));
-  const kernels::BlockLayout layout{g.N, g.C, g.H, g.W, g.M,
-                                    x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-                                    fmt == at::MemoryFormat::ChannelsLast};
-  const kernels::BlockKeys keys{src_c.const_data_ptr<int64_t>(),
-                                keys_c.defined() ? keys_c.const_data_ptr<int64_t>() : nullptr, g.K,
-                                offsets.mutable_data_ptr<int64_t>()};
+  const KeyArgs keys(src, key_index, g, x);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
 
   cudaError_t err = cudaSuccess;
@@ -64,7 +35,7 @@ at::Tensor block_lut_cuda(const at::Tensor& x, const at::Tensor& src, const at::
       using In = typename decltype(in_tag)::type;
       using Out = typename decltype(out_tag)::type;
       err = kernels::block_lut<In, Out>(
-          layout, keys, static_cast<const In*>(x.const_data_ptr()), ids.const_data_ptr<int64_t>(),
+          block_layout(x, g, fmt), keys.view, static_cast<const In*>(x.const_data_ptr()), ids.const_data_ptr<int64_t>(),
           table_rows.mutable_data_ptr<int64_t>(), static_cast<const Out*>(tab.const_data_ptr()), T,
           V, qscale, round_mode, static_cast<Out*>(out.mutable_data_ptr()), stream);
     });
