@@ -1,34 +1,77 @@
 """The CUDA kernels of kpfast::block_lut and kpfast::block_affine against the CPU op, bit for bit.
 
-Runs only where torch.cuda.is_available(). Inputs are fresh random data on every run; set
-KPFAST_TEST_SEED to replay a failure (the seed is in every assertion message). The op inputs are
-built here directly (src, table_id, tables, params, key_index), so these tests need nothing of
-kpfast but its ops.
+Every comparison runs on two backends:
+
+* ``cuda``: the ops on a CUDA device (only where torch.cuda.is_available());
+* ``host``: the CUDA kernels' own element code (csrc/kernels/block_groups.h: the packing of the
+  per-key data, the traversal of the output in groups, the vector packing of the stores), compiled
+  for the host by the C++ compiler and run on the CPU for every group of a launch
+  (csrc/testing/kernels_on_host.cpp, built once with torch.utils.cpp_extension and cached in its
+  extensions folder). So the CUDA path's index math is tested on every machine; it does not
+  replace a GPU run (device intrinsics, shared memory, streams).
+
+Inputs are fresh random data on every run; set KPFAST_TEST_SEED to replay a failure (the seed is
+in every assertion message). The op inputs are built here directly (src, table_id, tables, params,
+key_index), so these tests need nothing of kpfast but its ops.
 
 Tests whose names contain "device_assert" kill their CUDA context on purpose (in a subprocess) and
 those with "large" need about 7 GB: leave both out under compute-sanitizer (-k "not device_assert
 and not large").
 """
 
+import functools
 import os
+import pathlib
 import random
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
+from torch.utils import cpp_extension
 
 import kpfast  # noqa: F401  (registers the ops)
-
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 SEED = int(os.environ.get("KPFAST_TEST_SEED", random.randrange(2**31)))
 CUDA = torch.device("cuda")
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 LAYOUTS = ["contiguous", "channels_last", "slice", "transpose", "expand"]
+CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
 
 lut_op = torch.ops.kpfast.block_lut
 affine_op = torch.ops.kpfast.block_affine
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@functools.cache
+def kernels_on_host():
+    """torch.ops.kpfast_on_host: the CUDA kernels' element code compiled for the host (with the
+    sanitizers of scripts/sanitize.sh when it runs the tests)."""
+    sanitize = os.environ.get("KPFAST_SANITIZE_FLAGS", "").split()
+    cpp_extension.load(name="kpfast_kernels_on_host" + ("_sanitized" if sanitize else ""),
+                       sources=[str(CSRC / "testing" / "kernels_on_host.cpp")], extra_include_paths=[str(CSRC)],
+                       extra_cflags=["-O2", "-ffp-contract=off", *sanitize], extra_ldflags=sanitize,
+                       is_python_module=False)
+    return torch.ops.kpfast_on_host
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where the kernels under test run, and their ops (the schemas of torch.ops.kpfast)."""
+    device: torch.device
+    lut: object
+    affine: object
+
+
+@pytest.fixture(scope="module", params=["cuda", "host"])
+def backend(request):
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+        return Backend(CUDA, lut_op, affine_op)
+    ops = kernels_on_host()
+    return Backend(torch.device("cpu"), ops.block_lut, ops.block_affine)
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +86,6 @@ def _seed():
 def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
     """Same dtype, shape, memory format and bits (NaN payloads aside: c10 and CUDA differ there)."""
     msg = f"(KPFAST_TEST_SEED={SEED})"
-    assert actual.is_cuda, msg
     assert (actual.dtype, actual.shape) == (expected.dtype, expected.shape), msg
     assert actual.stride() == expected.stride(), f"memory format differs {msg}"
     a = actual.cpu()
@@ -54,7 +96,7 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
     bad = (a_bits != e_bits).nonzero()
     assert bad.numel() == 0, (
         f"{bad.shape[0]} of {a.numel()} elements differ, first at {bad[0].tolist()}: "
-        f"cuda {a[tuple(bad[0])].item()!r} vs cpu {expected[tuple(bad[0])].item()!r} {msg}"
+        f"kernel {a[tuple(bad[0])].item()!r} vs cpu op {expected[tuple(bad[0])].item()!r} {msg}"
     )
 
 
@@ -65,8 +107,8 @@ def special_values(dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(vals, dtype=torch.float64).to(dtype)
 
 
-def make_images(dtype, N, C, H, W, layout="contiguous", special=False):
-    """The same image batch on the CPU and on CUDA, with the same strides."""
+def make_images(dtype, N, C, H, W, layout="contiguous", special=False, device=CUDA):
+    """The same image batch on the CPU and on `device` (a copy of its own), with the same strides."""
     if dtype == torch.uint8:
         base = torch.randint(0, 256, (N, C + 1, H + 2, W + 3), dtype=torch.uint8)
     else:
@@ -87,7 +129,7 @@ def make_images(dtype, N, C, H, W, layout="contiguous", special=False):
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         return x.contiguous(memory_format=fmt)
 
-    return view(base), view(base.to(CUDA))
+    return view(base), view(base.to(device, copy=True))
 
 
 def random_src(K, L):
@@ -101,18 +143,24 @@ def lut_keys(K, L, T, V, table_dtype):
     return src, table_id, tables
 
 
-def check_lut(x_cpu, x_cuda, src, table_id, tables, M, qscale=255.0, rounding="floor", key_index=None):
+def check_lut(backend, x_cpu, x_dev, src, table_id, tables, M, qscale=255.0, rounding="floor", key_index=None):
     expected = lut_op(x_cpu, src, table_id, tables, M, qscale, rounding, key_index)
-    ki = None if key_index is None else key_index.to(CUDA)
-    actual = lut_op(x_cuda, src.to(CUDA), table_id.to(CUDA), tables.to(CUDA), M, qscale, rounding, ki)
-    assert_same(actual, expected)
-    return actual
+    keys = on_device(backend, src, table_id, tables, key_index)
+    return check_same(backend.lut(x_dev, *keys[:3], M, qscale, rounding, keys[3]), expected, x_dev)
 
 
-def check_affine(x_cpu, x_cuda, src, params, M, key_index=None):
+def check_affine(backend, x_cpu, x_dev, src, params, M, key_index=None):
     expected = affine_op(x_cpu, src, params, M, key_index)
-    ki = None if key_index is None else key_index.to(CUDA)
-    actual = affine_op(x_cuda, src.to(CUDA), params.to(CUDA), M, ki)
+    keys = on_device(backend, src, params, key_index)
+    return check_same(backend.affine(x_dev, *keys[:2], M, keys[2]), expected, x_dev)
+
+
+def on_device(backend, *tensors):
+    return [None if t is None else t.to(backend.device) for t in tensors]
+
+
+def check_same(actual, expected, x_dev):
+    assert actual.device == x_dev.device
     assert_same(actual, expected)
     return actual
 
@@ -127,6 +175,7 @@ def image_size(M, C):
 # The build
 
 
+@needs_cuda
 def test_cuda_kernels_are_built():
     """Not skipped on a CUDA machine: a kpfast built without its CUDA kernels fails here, loudly."""
     missing = [op for op in ("kpfast::block_lut", "kpfast::block_affine")
@@ -144,55 +193,56 @@ def test_cuda_kernels_are_built():
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "slice"])
 @pytest.mark.parametrize("table_dtype", FLOATS, ids=str)
 @pytest.mark.parametrize("in_dtype", [torch.uint8] + FLOATS, ids=str)
-def test_lut_dtypes(in_dtype, table_dtype, layout):
+def test_lut_dtypes(backend, in_dtype, table_dtype, layout):
     N, C, H, W, M = 3, 3, 8, 32, 4
     L = M * M * C
-    x_cpu, x_cuda = make_images(in_dtype, N, C, H, W, layout, special=True)
+    x_cpu, x_dev = make_images(in_dtype, N, C, H, W, layout, special=True, device=backend.device)
     src, table_id, tables = lut_keys(1, L, 6, 256, table_dtype)
     for rounding in ("floor", "nearest"):
-        check_lut(x_cpu, x_cuda, src, table_id, tables, M, 255.0, rounding)
+        check_lut(backend, x_cpu, x_dev, src, table_id, tables, M, 255.0, rounding)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transpose"])
 @pytest.mark.parametrize("N", [0, 1, 3, 5])
 @pytest.mark.parametrize("C", [1, 3, 4])
 @pytest.mark.parametrize("M", [1, 2, 4, 8, 16, 32])
-def test_lut_geometry(M, C, N, layout):
+def test_lut_geometry(backend, M, C, N, layout):
     H, W = image_size(M, C)
     L = M * M * C
     for in_dtype, table_dtype in [(torch.uint8, torch.float16), (torch.float32, torch.bfloat16)]:
-        x_cpu, x_cuda = make_images(in_dtype, N, C, H, W, layout)
+        x_cpu, x_dev = make_images(in_dtype, N, C, H, W, layout, device=backend.device)
         src, table_id, tables = lut_keys(1, L, 6, 256, table_dtype)
-        check_lut(x_cpu, x_cuda, src, table_id, tables, M)
+        check_lut(backend, x_cpu, x_dev, src, table_id, tables, M)
 
 
 @pytest.mark.parametrize("rounding", ["floor", "nearest"])
 @pytest.mark.parametrize("in_dtype", FLOATS, ids=str)
-def test_lut_float_levels(in_dtype, rounding):
+def test_lut_float_levels(backend, in_dtype, rounding):
     """Special values and levels on, next to and between the lattice points, with 256- and
     1000-entry tables (the quantisation is kpfast::quantize on both devices)."""
     N, C, H, W, M = 2, 3, 16, 16, 2
     L = M * M * C
-    x_cpu, x_cuda = make_images(in_dtype, N, C, H, W, "contiguous", special=True)
+    x_cpu, x_dev = make_images(in_dtype, N, C, H, W, "contiguous", special=True, device=backend.device)
     for V, qscale in [(256, 255.0), (1000, 999.0), (1000, 255.0), (256, 1000.0)]:
         src, table_id, tables = lut_keys(1, L, 3, V, torch.float32)
-        check_lut(x_cpu, x_cuda, src, table_id, tables, M, qscale, rounding)
+        check_lut(backend, x_cpu, x_dev, src, table_id, tables, M, qscale, rounding)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_lut_many_keys(layout):
+def test_lut_many_keys(backend, layout):
     N, C, H, W, M, K = 9, 3, 16, 32, 4, 4
     L = M * M * C
     key_index = torch.tensor([3, 0, 1, 2, 2, 0, 3, 3, 1])
     for in_dtype in (torch.uint8, torch.float32):
-        x_cpu, x_cuda = make_images(in_dtype, N, C, H, W, layout)
+        x_cpu, x_dev = make_images(in_dtype, N, C, H, W, layout, device=backend.device)
         src, table_id, tables = lut_keys(K, L, 2 * K, 256, torch.float16)
-        check_lut(x_cpu, x_cuda, src, table_id, tables, M, key_index=key_index)
+        check_lut(backend, x_cpu, x_dev, src, table_id, tables, M, key_index=key_index)
         # Tables too big for shared memory take the global-memory path.
         src, table_id, tables = lut_keys(K, L, 64, 256, torch.float32)
-        check_lut(x_cpu, x_cuda, src, table_id, tables, M, key_index=key_index)
+        check_lut(backend, x_cpu, x_dev, src, table_id, tables, M, key_index=key_index)
 
 
+@needs_cuda
 def test_lut_on_a_side_stream():
     N, C, H, W, M = 4, 3, 32, 32, 4
     x_cpu, x_cuda = make_images(torch.uint8, N, C, H, W)
@@ -211,12 +261,12 @@ def test_lut_on_a_side_stream():
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
-def test_affine_dtypes(dtype, layout):
+def test_affine_dtypes(backend, dtype, layout):
     N, C, H, W, M = 3, 3, 8, 32, 4
     L = M * M * C
-    x_cpu, x_cuda = make_images(dtype, N, C, H, W, layout, special=True)
+    x_cpu, x_dev = make_images(dtype, N, C, H, W, layout, special=True, device=backend.device)
     # General parameters: the product must be rounded on its own (no FMA) to match the CPU.
-    check_affine(x_cpu, x_cuda, random_src(1, L), torch.randn(1, 4, L, dtype=torch.float64), M)
+    check_affine(backend, x_cpu, x_dev, random_src(1, L), torch.randn(1, 4, L, dtype=torch.float64), M)
     # The parameters of real chains: shuffle/NP (scale +-1, bias 0/1) and CIFAR-10 Normalize.
     params = torch.empty(1, 4, L, dtype=torch.float64)
     np_mask = torch.rand(L) < 0.5
@@ -224,36 +274,37 @@ def test_affine_dtypes(dtype, layout):
     params[0, 1] = np_mask.double()
     params[0, 2] = torch.tensor([0.4914, 0.4822, 0.4465], dtype=torch.float64).repeat(L // C)
     params[0, 3] = torch.tensor([0.2471, 0.2435, 0.2616], dtype=torch.float64).repeat(L // C)
-    check_affine(x_cpu, x_cuda, random_src(1, L), params, M)
+    check_affine(backend, x_cpu, x_dev, random_src(1, L), params, M)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transpose"])
 @pytest.mark.parametrize("N", [0, 1, 3, 5])
 @pytest.mark.parametrize("C", [1, 3, 4])
 @pytest.mark.parametrize("M", [1, 2, 4, 8, 16, 32])
-def test_affine_geometry(M, C, N, layout):
+def test_affine_geometry(backend, M, C, N, layout):
     H, W = image_size(M, C)
     L = M * M * C
     for dtype in (torch.float32, torch.bfloat16):
-        x_cpu, x_cuda = make_images(dtype, N, C, H, W, layout)
-        check_affine(x_cpu, x_cuda, random_src(1, L), torch.randn(1, 4, L, dtype=torch.float64), M)
+        x_cpu, x_dev = make_images(dtype, N, C, H, W, layout, device=backend.device)
+        check_affine(backend, x_cpu, x_dev, random_src(1, L), torch.randn(1, 4, L, dtype=torch.float64), M)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "slice"])
-def test_affine_many_keys(layout):
+def test_affine_many_keys(backend, layout):
     N, C, H, W, M, K = 9, 3, 16, 32, 4, 4
     L = M * M * C
     key_index = torch.tensor([3, 0, 1, 2, 2, 0, 3, 3, 1])
     for dtype in (torch.float32, torch.float16, torch.float64):
-        x_cpu, x_cuda = make_images(dtype, N, C, H, W, layout)
+        x_cpu, x_dev = make_images(dtype, N, C, H, W, layout, device=backend.device)
         params = torch.randn(K, 4, L, dtype=torch.float64)
-        check_affine(x_cpu, x_cuda, random_src(K, L), params, M, key_index=key_index)
+        check_affine(backend, x_cpu, x_dev, random_src(K, L), params, M, key_index=key_index)
 
 
 # ----------------------------------------------------------------------------------------------
 # opcheck, CUDA graphs, several GPUs
 
 
+@needs_cuda
 def test_opcheck():
     N, C, H, W, M, K = 3, 3, 8, 8, 2, 2
     L = M * M * C
@@ -269,6 +320,7 @@ def test_opcheck():
         torch.library.opcheck(affine_op.default, args)
 
 
+@needs_cuda
 @pytest.mark.skipif(bool(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING")),
                     reason="CUDA graphs need the caching allocator")
 def test_cuda_graph_capture_and_replay():
@@ -305,6 +357,7 @@ def test_cuda_graph_capture_and_replay():
         assert_same(out_affine, affine_op(xf, src, params, M, key_index))
 
 
+@needs_cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_second_device():
     dev = torch.device("cuda", 1)
@@ -331,6 +384,7 @@ def _lut_args(on_cpu: str):
     return {k: v if k == on_cpu else v.to(CUDA) for k, v in args.items()}, M
 
 
+@needs_cuda
 @pytest.mark.parametrize("on_cpu", ["src", "table_id", "tables", "key_index", "x"])
 def test_lut_tensors_on_different_devices(on_cpu):
     a, M = _lut_args(on_cpu)
@@ -338,6 +392,7 @@ def test_lut_tensors_on_different_devices(on_cpu):
         lut_op(a["x"], a["src"], a["table_id"], a["tables"], M, 255.0, "floor", a["key_index"])
 
 
+@needs_cuda
 @pytest.mark.parametrize("on_cpu", ["src", "params", "key_index"])
 def test_affine_tensors_on_different_devices(on_cpu):
     N, C, H, W, M = 2, 3, 8, 8, 4
@@ -349,6 +404,7 @@ def test_affine_tensors_on_different_devices(on_cpu):
         affine_op(a["x"], a["src"], a["params"], M, a["key_index"])
 
 
+@needs_cuda
 def test_cuda_checks_match_the_cpu_op():
     x = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8, device=CUDA)
     src, table_id, tables = (t.to(CUDA) for t in lut_keys(1, 48, 2, 256, torch.float32))
@@ -389,6 +445,7 @@ print("NO ERROR")
 """
 
 
+@needs_cuda
 @pytest.mark.parametrize("case", ["src_high", "src_negative", "table_id", "key_index", "affine_src"])
 def test_device_assert_on_bad_key_values(case):
     r = subprocess.run([sys.executable, "-c", _BAD_KEY_SCRIPT, case], capture_output=True, text=True,
@@ -398,6 +455,7 @@ def test_device_assert_on_bad_key_values(case):
     assert "device-side assert" in out or "Assertion" in out, out
 
 
+@needs_cuda
 def test_large_batch_over_2_31_elements():
     """64-bit indexing: 2^31 + 1 Mi output elements, checked on a few images against the CPU op."""
     N, C, H, W, M, K = 683, 3, 1024, 1024, 8, 2

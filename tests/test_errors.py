@@ -62,38 +62,104 @@ def test_transform_rejects_bad_keys():
         kpfast.BlockTransform([KEYS, KEYS])(X)
 
 
-@pytest.mark.parametrize("change, match", [
+# Bad raw-op arguments: (change, message). The ones marked VALUE are bad key values, which only the
+# kernels can see; every other one is also refused by the fake kernel (torch.compile, torch.export).
+VALUE = "value"
+EMPTY = torch.rand(1, 3, 0, 0)
+LUT_CASES = [
     (dict(src=torch.randperm(27).unsqueeze(0)), r"src must have shape \[K, 48\]"),
     (dict(src=torch.randperm(48).unsqueeze(0).int()), "src must be int64"),
-    (dict(src=torch.full((1, 48), 48)), r"block positions in \[0, 48\)"),
-    (dict(src=torch.full((1, 48), -1)), r"block positions in \[0, 48\)"),
-    (dict(table_id=torch.full((1, 48), 1)), r"table_id must be in \[0, 1\)"),
+    (dict(src=torch.empty(0, 48, dtype=torch.long), table_id=torch.empty(0, 48, dtype=torch.long)),
+     r"src holds no key \(K = 0\)"),
+    (dict(src=torch.full((1, 48), 48)), r"block positions in \[0, 48\)", VALUE),
+    (dict(src=torch.full((1, 48), -1)), r"block positions in \[0, 48\)", VALUE),
+    (dict(table_id=torch.full((1, 48), 1)), r"table_id must be in \[0, 1\)", VALUE),
     (dict(table_id=torch.zeros(2, 48, dtype=torch.long)), "table_id must have shape"),
+    (dict(table_id=torch.zeros(1, 48, dtype=torch.int32)), "table_id must be int64"),
     (dict(tables=torch.rand(1, 100)), "256-entry tables"),
     (dict(tables=torch.randint(0, 9, (1, 256))), "floating point"),
+    (dict(tables=torch.rand(1, 256).to(torch.float8_e4m3fn)), r"floating point \(float32, float64"),
+    (dict(tables=torch.rand(0, 256)), r"tables must have shape \[T, V\] with T >= 1"),
+    (dict(x=X.float(), tables=torch.empty(1, 0)), r"tables have no entries \(V = 0\)"),
+    (dict(x=X.float(), tables=torch.tensor([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])[:, 1:1]),
+     r"tables have no entries \(V = 0\)"),
+    (dict(x=X.float(), tables=torch.empty(1, 2**24 + 1)), "tables too wide"),
     (dict(rounding="up"), "rounding must be"),
+    (dict(qscale=float("nan")), "qscale must be a positive finite number"),
+    (dict(qscale=float("inf")), "qscale must be a positive finite number"),
+    (dict(qscale=0.0), "qscale must be a positive finite number"),
+    (dict(qscale=-255.0), "qscale must be a positive finite number"),
+    (dict(qscale=1e39), "qscale must be a positive finite number"),
     (dict(block_size=3), "divisible by the block size 3"),
     (dict(block_size=0), "block_size must be >= 1"),
-    (dict(key_index=torch.tensor([0, 1])), r"key_index\[1\] = 1 is out of range"),
+    (dict(x=EMPTY, block_size=2**32), "block_size 4294967296 is too large"),
+    (dict(x=EMPTY, block_size=2**62), "block_size 4611686018427387904 is too large"),
+    (dict(x=EMPTY, block_size=26755), "block_size 26755 is too large"),  # 3 * 26755^2 > 2^31 - 1
+    (dict(key_index=torch.tensor([0, 1])), r"key_index\[1\] = 1 is out of range", VALUE),
+    (dict(key_index=torch.tensor([-1, 0])), r"key_index\[0\] = -1 is out of range", VALUE),
     (dict(key_index=torch.tensor([0])), "key_index must have shape"),
+    (dict(key_index=torch.tensor([0, 0], dtype=torch.int32)), "key_index must be int64"),
+    (dict(src=torch.stack([torch.randperm(48)] * 2), table_id=torch.zeros(2, 48, dtype=torch.long)),
+     "2 key sets given but no key_index"),
     (dict(x=X[0]), "4 dims"),
     (dict(x=X.int()), "uint8 or floating point"),
-])
-def test_block_lut_rejects_bad_arguments(change, match):
-    with pytest.raises(RuntimeError, match=match):
-        ops.block_lut(**lut_args(**change))
-
-
-@pytest.mark.parametrize("change, match", [
+    (dict(x=X.float().to(torch.float8_e5m2)), "uint8 or floating point"),
+    (dict(x=X[:, :0]), "no channels"),
+]
+AFFINE_CASES = [
     (dict(x=X), "floating point images"),
+    (dict(x=X.float().to(torch.float8_e4m3fn)), "floating point images"),
     (dict(params=torch.ones(1, 3, 48, dtype=torch.float64)), "params must have shape"),
     (dict(params=torch.ones(1, 4, 48)), "params must be float64"),
     (dict(src=torch.stack([torch.randperm(48)] * 2), params=torch.ones(2, 4, 48, dtype=torch.float64)),
      "no key_index"),
-])
+    (dict(src=torch.full((1, 48), 10**12)), r"block positions in \[0, 48\)", VALUE),
+    (dict(x=EMPTY, block_size=2**32), "block_size 4294967296 is too large"),
+    (dict(src=torch.randperm(48).unsqueeze(0), key_index=torch.tensor([0, 5])), r"key_index\[1\] = 5", VALUE),
+]
+
+
+def _cases(cases):
+    return [pytest.param(c[0], c[1], id=f"{i}-{c[1][:40]}") for i, c in enumerate(cases)]
+
+
+@pytest.mark.parametrize("change, match", _cases(LUT_CASES))
+def test_block_lut_rejects_bad_arguments(change, match):
+    with pytest.raises(RuntimeError, match="kpfast.block_lut: .*" + match):
+        ops.block_lut(**lut_args(**change))
+
+
+@pytest.mark.parametrize("change, match", _cases(AFFINE_CASES))
 def test_block_affine_rejects_bad_arguments(change, match):
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(RuntimeError, match="kpfast.block_affine: .*" + match):
         ops.block_affine(**affine_args(**change))
+
+
+def _fake(args):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    mode = FakeTensorMode()
+    return mode, {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+@pytest.mark.parametrize("op, args, match", [
+    *[(ops.block_lut, lut_args(**c[0]), c[1]) for c in LUT_CASES if c[-1] != VALUE],
+    *[(ops.block_affine, affine_args(**c[0]), c[1]) for c in AFFINE_CASES if c[-1] != VALUE],
+])
+def test_fake_kernels_refuse_what_the_ops_refuse(op, args, match):
+    """torch.compile and torch.export run the fake kernels: they must give the same errors."""
+    mode, fake = _fake(args)
+    with mode, pytest.raises(RuntimeError, match=match):
+        op(**fake)
+
+
+def test_fake_kernels_accept_what_the_ops_accept():
+    for op, args in [(ops.block_lut, lut_args()), (ops.block_lut, lut_args(x=X.float(), tables=torch.rand(1, 1))),
+                     (ops.block_affine, affine_args())]:
+        expected = op(**args)
+        mode, fake = _fake(args)
+        with mode:
+            out = op(**fake)
+        assert (out.shape, out.dtype, out.stride()) == (expected.shape, expected.dtype, expected.stride())
 
 
 def test_keys_on_another_device_are_named():

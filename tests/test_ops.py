@@ -99,6 +99,69 @@ def test_block_affine_gradcheck(K):
     assert torch.autograd.gradcheck(lambda t: ops.block_affine(t, src, params, M, key_index), (x,))
 
 
+def repeating_src(K, L):
+    """Rows that are no permutation: position 1 is read twice (and so some position never)."""
+    src = torch.stack([torch.randperm(L) for _ in range(K)])
+    src[:, 0] = 1
+    src[:, -1] = 1
+    return src
+
+
+@pytest.mark.parametrize("K", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_block_affine_gradcheck_without_a_permutation(K, channels_last):
+    x, _, params, M, key_index = random_affine_args(n=3, c=2, h=4, w=4, M=2, K=K, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    src = repeating_src(K, 8)
+    assert torch.autograd.gradcheck(lambda t: ops.block_affine(t, src, params, M, key_index), (x,))
+
+
+def test_block_affine_gradient_follows_src_changed_in_place():
+    x, src, params, M, _ = random_affine_args(n=2, c=1, h=4, w=4, M=2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: ops.block_affine(t, src, params, M), (x,))
+    src[0, 0] = src[0, 1]  # no longer a permutation: the cached answer must not be reused
+    assert torch.autograd.gradcheck(lambda t: ops.block_affine(t, src, params, M), (x,))
+
+
+def test_scatter_gradient_equals_the_inverse_gather_on_permutations():
+    """The general gradient, on a permutation, is the fast one bit for bit (the same rounding)."""
+    x, src, params, M, key_index = random_affine_args(n=4, c=3, h=8, w=8, M=4, K=3)
+    params[:, ops.BIAS], params[:, ops.SUB] = torch.randn(2, 3, 48, dtype=torch.float64)
+    grad = torch.randn_like(x).contiguous(memory_format=torch.channels_last)
+    fast = ops._inverse_gather(grad, src, params, M, key_index)
+    assert torch.equal(ops._scatter_add(grad, src, params, M, key_index), fast)
+
+
+def test_permutation_backward_is_one_op_call():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    x, src, params, M, key_index = random_affine_args(K=2, requires_grad=True)
+    out = ops.block_affine(x, src, params, M, key_index)
+    ops._known_permutations(src)  # the check is cached per key tensor; count the steady state
+    with Calls() as calls:
+        out.sum().backward()
+    assert calls.names.count("kpfast.block_affine") == 1 and "aten.scatter_add_" not in calls.names, calls.names
+
+
+def test_compiled_backward_refuses_a_non_permutation():
+    x, _, params, M, _ = random_affine_args(n=2, c=1, h=4, w=4, M=2, requires_grad=True)
+    src = repeating_src(1, 4)
+    step = torch.compile(lambda t: ops.block_affine(t, src, params, M).sum(), fullgraph=True, backend="aot_eager")
+    with pytest.raises(RuntimeError, match="needs src rows that are permutations"):
+        step(x).backward()
+
+
 def test_transform_gradient_equals_plain_torch():
     keys = kpfast.KeySet.generate(4)
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.4)

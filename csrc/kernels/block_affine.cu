@@ -1,48 +1,20 @@
 // CUDA kernel of kpfast::block_affine: one gather and one affine map (+ Normalize) per output
 // element, bit-identical to cpu/block_affine.cpp (the shared kpfast::affine in the same compute
-// type, its product kept out of an FMA).
+// type, its product kept out of an FMA). The element code is affine_group (block_groups.h).
 #include "block_ops.h"
+#include "launch.cuh"
 
 namespace kpfast::kernels {
 namespace {
 
-using detail::Pack;
+using detail::AffineArgs;
 using detail::Traversal;
-
-template <typename T>
-struct AffineArgs {
-  const T* x;
-  const int64_t* offsets;    // [K * L] from step 1
-  const int64_t* key_index;  // [N] or nullptr
-  int64_t K;
-  const math_t<T>* coef;     // [K * L][4]: scale, bias, sub, div
-  T* out;
-};
-
-template <typename T, int G>
-KPFAST_HD void affine_group(const Traversal& t, const AffineArgs<T>& a, int64_t group) {
-  using detail::ldg;
-  detail::GroupCursor at(t, a.key_index, a.K, group);
-  const int64_t* offsets = a.offsets + at.kL;
-  const math_t<T>* coef = a.coef + at.kL * kNumAffineParams;
-  Pack<T, G> v;
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
-  for (int j = 0; j < G; ++j, at.next(t)) {
-    const math_t<T> value = detail::to_math(ldg(a.x + at.in_block + ldg(offsets + at.l)));
-    const math_t<T>* c = coef + int64_t(at.l) * kNumAffineParams;
-    v.v[j] = detail::from_math<T>(
-        affine(value, ldg(c + kScale), ldg(c + kBias), ldg(c + kSub), ldg(c + kDiv)));
-  }
-  *reinterpret_cast<Pack<T, G>*>(a.out + group * G) = v;
-}
 
 template <typename T, int G>
 __global__ void __launch_bounds__(detail::kThreads) block_affine_kernel(Traversal t, AffineArgs<T> a) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < t.groups; g += stride)
-    affine_group<T, G>(t, a, g);
+    detail::affine_group<T, G>(t, a, g);
 }
 
 template <typename T, int G>
@@ -60,12 +32,14 @@ cudaError_t launch_affine(const BlockLayout& layout, const AffineArgs<T>& a, cud
 template <typename T>
 cudaError_t block_affine(const BlockLayout& layout, const BlockKeys& keys, const T* x,
                          const math_t<T>* coef, T* out, cudaStream_t stream) {
-  if (layout.N * layout.C * layout.H * layout.W == 0) return cudaSuccess;
-  const cudaError_t err = detail::pack_keys<false>(layout, keys, nullptr, 0, 0, nullptr, stream);
+  if (detail::empty_launch(layout)) return cudaSuccess;
+  if (detail::out_of_limits(layout, 0)) return cudaErrorInvalidValue;
+  const cudaError_t err = detail::pack_keys<false>(layout, keys, nullptr, 0, 0, stream);
   if (err != cudaSuccess) return err;
-  const AffineArgs<T> a{x, keys.offsets, keys.key_index, keys.K, coef, out};
-  return detail::can_vectorise(layout, out) ? launch_affine<T, detail::kGroup<T>>(layout, a, stream)
-                                            : launch_affine<T, 1>(layout, a, stream);
+  const AffineArgs<T> a{x, keys, coef, out};
+  return detail::with_group_size(layout, out, [&](auto G) {
+    return launch_affine<T, decltype(G)::value>(layout, a, stream);
+  });
 }
 
 #define KPFAST_INSTANTIATE_AFFINE(T)                                                           \

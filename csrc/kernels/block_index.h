@@ -25,6 +25,11 @@ enum Rounding : int32_t { kRoundFloor = 0, kRoundNearest = 1 };
 // The four per-position parameters of the affine path, in this order along dim 1 of `params`.
 enum AffineParam : int32_t { kScale = 0, kBias = 1, kSub = 2, kDiv = 3, kNumAffineParams = 4 };
 
+// Limits the wrappers check: in-block positions are 32-bit in the CUDA kernels, and every level
+// below 2^24 is exact in float, so quantize compares and clamps levels exactly.
+constexpr int64_t kMaxBlockPositions = INT32_MAX;
+constexpr int64_t kMaxLevels = int64_t(1) << 24;
+
 KPFAST_HD int64_t block_position(int64_t ym, int64_t xm, int64_t c, int64_t M, int64_t C) {
   return (ym * M + xm) * C + c;
 }
