@@ -1,6 +1,7 @@
 """kpfast's transforms against the independent numpy reference (tests/reference.py), on fresh
 random inputs: bit for bit in float32."""
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -191,3 +192,99 @@ def test_config_round_trip():
 def test_to_device_moves_keys_with_the_module():
     t = kpfast.BlockTransform(kpfast.KeySet.generate(4)).to(torch.float64).to("cpu")
     assert t(images(1, 3, 8, 8, torch.uint8)).dtype == torch.float32
+
+
+def test_config_round_trip_keeps_straight_through():
+    keys = kpfast.KeySet.generate(2)
+    t = kpfast.BlockTransform(keys, ("ffx", "shuffle"), straight_through=True)
+    config = t.config()
+    assert config["straight_through"] is True
+    u = kpfast.BlockTransform.from_config(config, keys)
+    x = torch.rand(1, 3, 4, 4, requires_grad=True)
+    w = torch.randn(1, 3, 4, 4)
+    (u(x) * w).sum().backward()  # "not differentiable" before straight_through was kept
+    assert torch.equal(x.grad, kpfast.Shuffle(keys).inverse(w))
+    old = {k: v for k, v in config.items() if k != "straight_through"}  # configs saved before
+    assert kpfast.BlockTransform.from_config(old, keys).straight_through is False
+
+
+# The last case puts one column at 1.0 first: 1.01 is then past the margin whatever the draw
+# (random images alone reach it only when their largest pixel exceeds 0.992).
+@pytest.mark.parametrize("make", [lambda x: x * 255, lambda x: x - 0.5,
+                                  lambda x: x.index_fill(-1, torch.tensor([0]), 1.0) * 1.01])
+def test_float_images_outside_unit_range_warn_once_per_transform(make):
+    t = kpfast.BlockTransform(kpfast.KeySet.generate(4))
+    x = make(images(2, 3, 8, 8, torch.float32))
+    with pytest.warns(UserWarning, match=r"outside \[0, 1\].*divide 0..255 images by 255"):
+        t(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t(x)  # once per transform
+        kpfast.FFX(t._keys[0]).inverse(x)  # inverse input is not checked (normalised codes)
+    with pytest.warns(UserWarning, match="outside"):
+        kpfast.BlockTransform(t._keys[0])(x)  # another transform warns again
+
+
+def test_images_in_unit_range_do_not_warn():
+    keys = kpfast.KeySet.generate(4)
+    t = kpfast.BlockTransform(keys, **CIFAR)
+    x = images(2, 3, 8, 8, torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t(x)
+        t(x.clamp(0, 1) + 1e-3)  # within half a level: rounding of a round trip
+        t(x * 0 - 1e-3)
+        t(images(2, 3, 8, 8, torch.uint8))
+        t(torch.empty(0, 3, 8, 8))
+        t(x.double())
+        kpfast.functional.shuffle(x, keys)
+
+
+def test_range_check_stays_out_of_torch_compile():
+    keys = kpfast.KeySet.generate(2)
+    t = kpfast.BlockTransform(keys, ("shuffle", "negpos"))
+    compiled = torch.compile(lambda v: t(v), fullgraph=True, backend="eager")
+    x = images(1, 3, 4, 4, torch.float32) * 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = compiled(x)
+    assert not t._range_warned
+    with pytest.warns(UserWarning, match="outside"):
+        assert torch.equal(out, kpfast.BlockTransform(keys, ("shuffle", "negpos"))(x))
+
+
+@pytest.mark.parametrize("ops", CHAINS)
+def test_keys_without_password_work_in_every_transform(ops):
+    keys = kpfast.KeySet.generate(4)
+    tables = kpfast.KeySet.from_tables(keys.perm, keys.np_mask, keys.ffx_mask, keys.ffx_lut, block_size=4)
+    x = images(3, 3, 8, 8, torch.uint8)
+    a = kpfast.BlockTransform(keys, ops, rounding="nearest", **CIFAR)
+    b = kpfast.BlockTransform(tables, ops, rounding="nearest", **CIFAR)
+    assert torch.equal(b(x), a(x)) and torch.equal(b(x), expected(x, tables, ops, rounding="nearest", **CIFAR))
+    assert torch.equal(b.inverse(b(x)), a.inverse(a(x)))
+    assert torch.equal(kpfast.functional.block_transform(x, tables, ops), expected(x, keys, ops))
+    assert b.fingerprint() == tables.fingerprint() != keys.fingerprint()
+    # an estimated table: any injective codes, e.g. the codes of another password
+    other = kpfast.KeySet.generate(4)
+    estimate = tables.replace(ffx_lut=other.ffx_lut)
+    assert torch.equal(kpfast.FFX(estimate)(x), kpfast.FFX(keys.replace(ffx_password=other.ffx_password))(x))
+
+
+def test_first_use_compile_is_marked_as_torch_compiler_would_mark_it():
+    # transforms.py sets the mark by hand so that `import kpfast` does not load torch._dynamo.
+    from kpfast.transforms import _ensure_program
+
+    def probe():
+        return True
+
+    marked = torch.compiler.assume_constant_result(probe)
+    added = {k: v for k, v in vars(marked).items()}
+    assert added and all(getattr(_ensure_program, k, None) == v for k, v in added.items())
+
+
+def test_import_kpfast_does_not_load_dynamo():
+    import subprocess
+    import sys
+    code = "import sys, kpfast; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
