@@ -13,7 +13,7 @@ M = 4 and M = 16), uint8 images in:
 
 * fused: ``kpfast.BlockTransform`` (Shuffle + NP + FFX + Normalize, a fresh key) on uint8
   images, to float16 and to float32: one gather and one table lookup per element;
-* reference: the same chain with ``kpfast.reference.reference_transform``, the batched torch
+* reference: the same chain with ``reference_transform`` of ``benchmarks/peer.py``, the batched torch
   program of the reference algorithm (x / 255, segment into blocks, index, fold back, Normalize),
   float32 out; the fused output must equal it before anything is timed;
 * copy: a device-to-device copy moving the same bytes as the fused op (a buffer of
@@ -34,10 +34,8 @@ import time
 import torch
 
 import kpfast
-from kpfast.reference import reference_transform
-
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from kpfast.data.stats import CIFAR10, IMAGENET
+from peer import reference_transform  # benchmarks/peer.py, beside this script
 
 
 def device_ms(fn, device: torch.device, warmup: int, reps: int, bytes_per_call: int):
@@ -104,7 +102,7 @@ def bench_case(name, N, C, H, W, M, mean, std, device, args, seed):
         dst = torch.empty_like(buf)
         fused_ms, fused_eager = device_ms(lambda: fused(x), device, args.warmup, args.reps, nbytes)
         copy_ms, _ = device_ms(lambda: dst.copy_(buf), device, args.warmup, args.reps, nbytes)
-        tables = fused._forward_int.calls[0].tables.shape[0]
+        tables = fused.program().launches[0].tables.shape[0]
         rows.append(dict(
             batch=f"{name} {N}x{C}x{H}x{W}", M=M, T=tables, out=str(dtype).replace("torch.", ""),
             fused_ms=fused_ms, fused_eager=fused_eager, fused_gbps=gbps(nbytes, fused_ms),
@@ -155,9 +153,9 @@ def main(argv=None) -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "CPU")
 
     cifar_n, imagenet_n = (8, 2) if args.quick else (512, 256)
-    cases = [("CIFAR-10", cifar_n, 3, 32, 32, 4, CIFAR_MEAN, CIFAR_STD),
-             ("ImageNet", imagenet_n, 3, 224, 224, 4, IMAGENET_MEAN, IMAGENET_STD),
-             ("ImageNet", imagenet_n, 3, 224, 224, 16, IMAGENET_MEAN, IMAGENET_STD)]
+    cases = [("CIFAR-10", cifar_n, 3, 32, 32, 4, CIFAR10.mean, CIFAR10.std),
+             ("ImageNet", imagenet_n, 3, 224, 224, 4, IMAGENET.mean, IMAGENET.std),
+             ("ImageNet", imagenet_n, 3, 224, 224, 16, IMAGENET.mean, IMAGENET.std)]
     rows = []
     for i, case in enumerate(cases):
         with torch.no_grad():

@@ -12,10 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2471, 0.2435, 0.2616)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ._moved import moved
+from .errors import ConfigError, DataError
+
+# The statistics of each data set live in kpfast.data.stats.
+__getattr__ = moved(__name__, {f"{name}_{stat.upper()}": f"kpfast.data.stats:{name}.{stat}"
+                               for name in ("CIFAR10", "IMAGENET") for stat in ("mean", "std")})
 
 
 def to_unit_float(x: torch.Tensor) -> torch.Tensor:
@@ -38,18 +40,18 @@ class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std) or len(mean) == 0:
-            raise ValueError(f"mean and std need the same non-zero length, got {len(mean)} and {len(std)}")
+            raise ConfigError(f"mean and std need the same non-zero length, got {len(mean)} and {len(std)}")
         if any(s <= 0 for s in std):
-            raise ValueError(f"std must be positive, got {list(std)}")
+            raise ConfigError(f"std must be positive, got {list(std)}")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            raise ValueError(f"expected images [B,C,H,W], got shape {tuple(x.shape)}")
+            raise DataError(f"expected images [B,C,H,W], got shape {tuple(x.shape)}")
         n = self.mean.shape[1]
         if n != 1 and x.shape[1] != n:
-            raise ValueError(f"Normalize has {n} channel statistics but the images have {x.shape[1]} channels")
+            raise DataError(f"Normalize has {n} channel statistics but the images have {x.shape[1]} channels")
         x = to_unit_float(x)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 

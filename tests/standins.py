@@ -1,8 +1,11 @@
-"""A stand-in key and keyed transform for the training, evaluation and checkpoint tests: a secret
-permutation of all C*H*W pixel positions after Normalize. Independent of kpfast's own transforms,
-so those tests check the machinery around a transform, not the transform."""
+"""Stand-ins for the training, evaluation and checkpoint tests: a key and keyed transform (a secret
+permutation of all C*H*W pixel positions after Normalize, independent of kpfast's own transforms,
+so those tests check the machinery around a transform, not the transform), and a full disk."""
+import errno
 import hashlib
+import io
 import math
+import os
 
 from torch import nn
 import torch
@@ -42,3 +45,28 @@ class PixelShuffle(nn.Module):
     @classmethod
     def from_config(cls, config, keys):
         return cls(keys, config["mean"], config["std"])
+
+
+class FullDisk(io.RawIOBase):
+    """A file on a disk that is full after `room` more bytes: then writes fail with ENOSPC, as on a
+    real full disk (patch it in for os.fdopen)."""
+
+    def __init__(self, fd, room=0):
+        self.fd, self.room = fd, room
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return os.write(self.fd, data)
+
+    def fileno(self):
+        return self.fd
+
+    def close(self):
+        if not self.closed:
+            os.close(self.fd)
+        super().close()

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from kpfast.cli import main
-from kpfast.imageio import read_png_codes
+from kpfast.report.imageio import read_png_codes
 
 
 @pytest.fixture
@@ -74,4 +74,6 @@ def test_clear_errors(tmp_path, key_file, image_folder, capsys):
 def test_bench_quick_prints_a_table(capsys):
     assert main(["bench", "--quick", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    assert "| CIFAR-10 512x3x32x32 | 4 |" in out and "faster" in out
+    assert "| CIFAR-10 512x3x32x32 | 4 |" in out and "| kpfast / copy |" in out
+    row = next(line for line in out.splitlines() if line.startswith("| CIFAR-10"))
+    assert float(row.split("|")[6].strip().removesuffix("x")) > 0  # the measured ratio to the copy

@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-import kpfast.train
+import kpfast.engine.checkpoint
 from kpfast.cli import main
 from kpfast.data.synthetic import CLASSES
 from kpfast.keys import KeySet
@@ -63,18 +63,22 @@ def test_train_refuses_to_overwrite_a_run_without_resume(run, capsys):
 
 def test_interrupted_train_resumes_to_the_same_model(run, tmp_path, monkeypatch, capsys):
     out, key, _ = run
-    real_save, saves = kpfast.train._save, []
+    real_save, saves = kpfast.engine.checkpoint.write, []
 
     def crash_after_first_epoch(*args, **kwargs):
         real_save(*args, **kwargs)
         saves.append(1)
-        raise KeyboardInterrupt  # as if the machine went away after epoch 1
+        raise KeyboardInterrupt  # Ctrl-C right after epoch 1 was saved
 
-    monkeypatch.setattr(kpfast.train, "_save", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(tmp_path, "--ops", "shuffle,negpos,ffx", "--key", str(key))
+    monkeypatch.setattr(kpfast.engine.checkpoint, "write", crash_after_first_epoch)
+    assert train(tmp_path, "--ops", "shuffle,negpos,ffx", "--key", str(key)) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    message = err.strip().splitlines()[-1]  # one line, after the progress bars
+    assert message.startswith("kpfast train: interrupted during epoch 1/2; ") and message.endswith(
+        "to continue, run the same command with --resume")
     assert saves == [1] and not (tmp_path / "model.pt").exists()
-    monkeypatch.setattr(kpfast.train, "_save", real_save)
+    monkeypatch.setattr(kpfast.engine.checkpoint, "write", real_save)
 
     assert train(tmp_path, "--ops", "shuffle,negpos,ffx", "--key", str(key), "--resume") == 0
     assert "after epoch 1/2" in capsys.readouterr().out

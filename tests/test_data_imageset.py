@@ -68,3 +68,17 @@ def test_split_bounds():
     assert len(s.split(0.0)[0]) == 0 and len(s.split(1.0)[1]) == 0
     with pytest.raises(ValueError, match="fraction"):
         s.split(1.5)
+
+
+def test_first_per_class_is_the_one_subset():
+    """`--train-subset N` everywhere (kpfast train, reproduce, i2p): the first images of each class,
+    N in all, balanced as N allows, in the original order."""
+    s = make(30, classes=3)  # image i has label i % 3
+    sub = s.first_per_class(7)
+    assert sub.images[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 5, 6]  # 3 + 2 + 2: the first of each class
+    assert sub.labels.tolist() == [0, 1, 2, 0, 1, 2, 0]
+    uneven = s.subset(torch.tensor([0, 3, 6, 9, 1, 2]))  # class 0 has four images, classes 1 and 2 one each
+    assert uneven.first_per_class(4).labels.tolist() == [0, 0, 1, 2]  # quotas 2, 1, 1
+    assert s.first_per_class(100) is s
+    with pytest.raises(ValueError, match="at least 1 image"):
+        s.first_per_class(0)

@@ -12,13 +12,14 @@ def test_public_names():
         assert getattr(data, name) is not None
 
 
-@pytest.mark.parametrize("name, loader", [("cifar10", "load_cifar10"),
-                                          ("fashion-mnist", "load_fashion_mnist")])
-def test_dispatch_to_loaders(monkeypatch, name, loader):
+@pytest.mark.parametrize("name, loader, progress", [("cifar10", "load_cifar10", {"progress": False}),
+                                                    ("fashion-mnist", "load_fashion_mnist", {})])
+def test_dispatch_to_loaders(monkeypatch, name, loader, progress):
+    """Arguments pass through; `progress` reaches the loaders that show bars (downloads, decoding)."""
     calls = []
     monkeypatch.setattr(data, loader, lambda *args, **kwargs: calls.append((args, kwargs)))
-    load_dataset(name, "/some/root", download=False)
-    assert calls == [(("/some/root",), {"download": False})]
+    load_dataset(name, "/some/root", progress=False, download=False)
+    assert calls == [(("/some/root",), {"download": False, **progress})]
 
 
 def test_synthetic():

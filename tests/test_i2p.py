@@ -13,15 +13,17 @@ from torch import nn
 
 from kpfast.cli.i2p import TIME_LIMIT_EXIT, main as i2p_main
 from kpfast.data import DeviceLoader, ImageSet, make_synthetic
+from kpfast.data.stats import IMAGENET
+from kpfast.engine import evaluate, train
 from kpfast.i2p import (Deadline, TimeLimitReached, TransformLoss, UNet, count_parameters, early_layers,
-                        export_png, fit, gan_attack, inverse_network_attack, load_png, protect, quantize,
-                        train_transform, vgg16_relu2_2)
+                        export_png, gan_attack, inverse_network_attack, load_png, protect, quantize,
+                        train_net, train_transform, vgg16_relu2_2)
 from kpfast.i2p.features import VGG16_FILE, find_vgg16_weights
-from kpfast.i2p.metrics import blur3, box_plot, psnr, ssim, summary
+from kpfast.i2p.metrics import blur3, psnr, ssim, summary
 from kpfast.i2p.unet import unet_channels
 from kpfast.models import create_model
-from kpfast.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize
-from kpfast.train import evaluate, train
+from kpfast.normalize import Normalize
+from kpfast.report.plots import box_plot
 from single_thread import single_thread
 
 
@@ -48,7 +50,7 @@ class TinyClassifier(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
-NORMALIZE = Normalize(IMAGENET_MEAN, IMAGENET_STD)
+NORMALIZE = Normalize(IMAGENET.mean, IMAGENET.std)
 
 
 # --- U-Net -------------------------------------------------------------------------------------
@@ -112,7 +114,7 @@ def trained():
         torch.manual_seed(0)
         psi = TinyClassifier()
         train(psi, NORMALIZE, DeviceLoader(train_set, 32, shuffle=True, augment=True), epochs=3, lr=0.05,
-              device="cpu", progress=False)
+              label_smoothing=0.0, device="cpu", progress=False)
         torch.manual_seed(1)
         features = early_layers(TinyClassifier(), 2, "random tiny CNN (tests only)")  # a fixed random F
         loss = TransformLoss(psi, features, NORMALIZE, lam=0.01)
@@ -157,7 +159,7 @@ class _AfterOneEpoch:
             raise TimeLimitReached("stop")
 
 
-def test_fit_stops_at_the_deadline_and_resumes_to_the_same_weights(tmp_path):
+def test_training_stops_at_the_deadline_and_resumes_to_the_same_weights(tmp_path):
     train_set, _ = make_synthetic(64, 10)
     val, fit_set = train_set.split(0.25)
 
@@ -167,8 +169,8 @@ def test_fit_stops_at_the_deadline_and_resumes_to_the_same_weights(tmp_path):
     def run(checkpoint=None, deadline=Deadline()):
         torch.manual_seed(0)
         net = UNet(width=1 / 16)
-        fit(net, step, DeviceLoader(fit_set, 16, augment=True, seed=3), DeviceLoader(val, 32, shuffle=False),
-            epochs=3, device="cpu", checkpoint=checkpoint, deadline=deadline, progress=False)
+        train_net(net, step, DeviceLoader(fit_set, 16, augment=True, seed=3), DeviceLoader(val, 32, shuffle=False),
+                  epochs=3, device="cpu", checkpoint=checkpoint, deadline=deadline, progress=False)
         return net
 
     reference = run()
@@ -371,3 +373,33 @@ def test_cli_time_limit_stops_cleanly(tmp_path, capsys):
     assert i2p_main(["run", *TINY, "--out", str(tmp_path), "--time-limit", "0"]) == TIME_LIMIT_EXIT
     assert "run the same command again" in capsys.readouterr().err
     assert not (tmp_path / "results.md").exists()
+
+
+def test_resume_reads_the_checkpoint_once(tmp_path, monkeypatch):
+    """A width-1 U-Net's checkpoint is about 400 MB: resuming used to load it twice."""
+    train_set, _ = make_synthetic(48, 10)
+    val, fit_set = train_set.split(0.25)
+
+    def step(net, x, y):
+        return {"loss": F.mse_loss(protect(net, x), x.float() / 255)}
+
+    def run(deadline=Deadline()):
+        torch.manual_seed(0)
+        train_net(UNet(width=1 / 16), step, DeviceLoader(fit_set, 16, seed=3), DeviceLoader(val, 32, shuffle=False),
+                  epochs=2, device="cpu", checkpoint=tmp_path / "net.ckpt", deadline=deadline, progress=False,
+                  log=lambda _: None)
+
+    with pytest.raises(TimeLimitReached):
+        run(_AfterOneEpoch())
+    reads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *args, **kwargs: (reads.append(f), real_load(f, *args, **kwargs))[1])
+    run()
+    assert [str(f) for f in reads] == [str(tmp_path / "net.ckpt")]
+
+
+def test_help_says_how_a_user_runs_it(capsys):
+    with pytest.raises(SystemExit):
+        i2p_main(["--help"])
+    text = capsys.readouterr().out
+    assert "kpfast i2p run --data cifar10 --device cuda --out runs/i2p" in text and "--time-limit SECONDS" in text
+    assert "$OUT" not in text and "carry" not in text  # no word of one particular machine's job runner

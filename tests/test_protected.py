@@ -1,13 +1,15 @@
+"""ProtectedModel: outputs, the saved file (no key; settings bound to the fingerprint), clear errors."""
 import standins
 import os
 
 import pytest
 import torch
 
-from kpfast import protected
+from kpfast.errors import CheckpointError, KeyMismatchError
 from kpfast.models import create_model
 from kpfast.normalize import Normalize
-from kpfast.protected import KeyMismatchError, KeyMismatchWarning, ProtectedModel
+from kpfast.protection import model as protected
+from kpfast.protection.model import KeyMismatchWarning, ProtectedModel
 
 SHAPE = (3, 16, 16)
 
@@ -131,6 +133,75 @@ def test_not_a_checkpoint(tmp_path):
     torch.save({"hello": 1}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a kpfast protected-model checkpoint"):
         ProtectedModel.load(tmp_path / "x.pt")
+    for name, content in (("empty.pt", b""), ("text.pt", b"hello"), ("half.pt", None)):
+        if content is None:  # a truncated torch file
+            make_protected().save(tmp_path / "whole.pt")
+            content = (tmp_path / "whole.pt").read_bytes()[:500]
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"{name} is not a readable model checkpoint"):
+            ProtectedModel.load(tmp_path / name)
+    with pytest.raises(CheckpointError, match="model checkpoint not found"):
+        ProtectedModel.load(tmp_path / "missing.pt")
+
+
+def edited(path, tmp_path, edit):
+    """A copy of the saved model at `path` with `edit` applied to its dict (as a user or an attacker could)."""
+    checkpoint = torch.load(path, weights_only=True)
+    edit(checkpoint)
+    torch.save(checkpoint, tmp_path / "edited.pt")
+    return tmp_path / "edited.pt"
+
+
+def test_edited_settings_are_refused(tmp_path, images):
+    """The transform config is bound to the key fingerprint: an edited chain or type does not
+    load, with the right key or without one, instead of serving a model that ignores its key."""
+    from kpfast import BlockTransform, KeySet
+
+    keys = KeySet.generate(4)
+    transform = BlockTransform(keys, ["shuffle", "negpos", "ffx"], mean=(0.5,) * 3, std=(0.25,) * 3)
+    ProtectedModel(create_model("small_cnn", 5), transform).save(tmp_path / "m.pt")
+    ProtectedModel.load(tmp_path / "m.pt", keys)  # untouched: loads
+
+    def shuffle_only(c):
+        c["transform"]["ops"] = ["shuffle"]
+
+    def key_free(c):
+        c["transform"] = {"type": "normalize", "mean": [0.5] * 3, "std": [0.25] * 3}
+
+    def key_free_and_no_fingerprint(c):
+        key_free(c)
+        c["key_fingerprint"] = None
+
+    for edit in (shuffle_only, key_free, key_free_and_no_fingerprint):
+        path = edited(tmp_path / "m.pt", tmp_path, edit)
+        with pytest.raises(CheckpointError, match="edited or damaged"):
+            ProtectedModel.load(path, keys)
+        with pytest.raises(CheckpointError, match="edited or damaged"):
+            ProtectedModel.load(path)
+
+
+def test_missing_fingerprint_unknown_type_and_old_version_are_clear_errors(tmp_path):
+    make_protected().save(tmp_path / "m.pt")
+
+    def drop_fingerprint(c):
+        del c["key_fingerprint"]
+
+    with pytest.raises(CheckpointError, match="has no key_fingerprint entry"):
+        ProtectedModel.load(edited(tmp_path / "m.pt", tmp_path, drop_fingerprint), FakeKey(0))
+
+    def unknown_type(c):  # a consistent file of a type this kpfast does not know (a newer one wrote it)
+        c["transform"]["type"] = "rotate"
+        c["binding"] = protected.binding(c["transform"], c["key_fingerprint"])
+
+    with pytest.raises(CheckpointError, match="unknown transform type 'rotate'"):
+        ProtectedModel.load(edited(tmp_path / "m.pt", tmp_path, unknown_type), FakeKey(0))
+
+    def version_1(c):  # written before the settings digest existed
+        c["version"] = 1
+        del c["binding"]
+
+    with pytest.raises(CheckpointError, match="unsupported checkpoint version 1.*without a settings digest"):
+        ProtectedModel.load(edited(tmp_path / "m.pt", tmp_path, version_1), FakeKey(0))
 
 
 def test_round_trip_with_the_real_block_transform(tmp_path, images):

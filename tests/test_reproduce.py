@@ -5,11 +5,11 @@ import stat
 
 import pytest
 
-import kpfast.reproduce
+import kpfast.protection.grid
 from kpfast.cli import main
 from kpfast.keys import KeySet
+from kpfast.protection.grid import Cell, default_cells, parse_cells
 from single_thread import single_thread
-from kpfast.reproduce import Cell, default_cells, parse_cells
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,17 +72,17 @@ def test_rerun_skips_finished_cells(grid, capsys):
 
 
 def test_interrupted_cell_resumes_from_its_checkpoint_with_its_key(grid, monkeypatch, capsys):
-    real = kpfast.reproduce.ex.evaluate_model
+    real = kpfast.protection.grid.experiment.evaluate_model
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # training done and checkpointed, evaluation cut short
 
-    monkeypatch.setattr(kpfast.reproduce.ex, "evaluate_model", crash)
-    with pytest.raises(KeyboardInterrupt):
-        reproduce(grid, "negpos-4")
+    monkeypatch.setattr(kpfast.protection.grid.experiment, "evaluate_model", crash)
+    assert reproduce(grid, "negpos-4") == 130
+    assert "run the same command again" in capsys.readouterr().err
     assert (grid / "checkpoints" / "negpos-4" / "last.pt").exists()
     key = KeySet.load(grid / "keys" / "negpos-4.key").fingerprint()
-    monkeypatch.setattr(kpfast.reproduce.ex, "evaluate_model", real)
+    monkeypatch.setattr(kpfast.protection.grid.experiment, "evaluate_model", real)
 
     assert reproduce(grid, "negpos-4") == 0
     assert "after epoch 1/1" in capsys.readouterr().out  # resumed, not retrained

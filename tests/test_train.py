@@ -1,3 +1,5 @@
+"""Classifier training on the engine (kpfast.engine.train): resume to the same result through the
+one fit loop, checkpoints that hold a fingerprint and never the key, refused resumes, learning."""
 import standins
 import math
 
@@ -7,10 +9,10 @@ from torch import nn
 
 from kpfast.data.imageset import ImageSet
 from kpfast.data.loader import DeviceLoader
+from kpfast.engine import evaluate, lr_at, train
+from kpfast.errors import KeyMismatchError
 from kpfast.models import create_model
 from kpfast.normalize import Normalize
-from kpfast.protected import KeyMismatchError
-from kpfast.train import evaluate, lr_at, train
 
 SHAPE = (3, 8, 8)
 CLASSES = 4
@@ -120,8 +122,9 @@ def test_checkpoint_holds_fingerprint_not_key(tmp_path):
     for dtype in (torch.int64, torch.int32, torch.int16):
         assert key.perm.to(dtype).numpy().tobytes() not in raw
     checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert checkpoint["key_fingerprint"] == key.fingerprint()
-    assert checkpoint["epoch"] == 1 and checkpoint["transform"]["type"] == "block"
+    assert checkpoint["run"]["key_fingerprint"] == key.fingerprint()
+    assert checkpoint["epoch"] == 1 and checkpoint["run"]["transform"]["type"] == "block"
+    assert (checkpoint["format"], checkpoint["version"], checkpoint["type"]) == ("kpfast-checkpoint", 1, "classifier")
 
 
 def test_resume_with_another_key_is_refused(tmp_path):
@@ -143,7 +146,7 @@ def test_loss_decreases_and_model_learns():
     torch.manual_seed(0)
     model = create_model("small_cnn", CLASSES)
     plain = Normalize((0.5,) * 3, (0.25,) * 3)
-    result = train(model, plain, TinyLoader(images, labels), epochs=2, lr=0.1, device="cpu",
+    result = train(model, plain, TinyLoader(images, labels), epochs=2, lr=0.1, label_smoothing=0.0, device="cpu",
                    progress=False, eval_loader=[toy_data(128, seed=1)])
     assert result.loss[-1] < 0.5 * result.loss[0]
     assert result.eval_accuracy[-1] > 0.9

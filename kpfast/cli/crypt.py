@@ -11,19 +11,19 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from ..atomic import atomic_write
-from ..imageio import list_images, read_image, read_png_codes, write_png
+from ..atomic import write_json
+from ..errors import ConfigError, DataError, KeyMismatchError
 from ..keys import KeySet
 from ..plan import TRANSFORMS
+from ..report.imageio import list_images, read_image, read_png_codes, write_png
+from ..report.progress import bar
 from ..transforms import BlockTransform
 
 MANIFEST = "kpfast-manifest.json"
 
 
-def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help=f"{name} a folder of images", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("input", help="folder of images (searched recursively)")
     p.add_argument("output", help="folder to write to (mirrors the input's sub-folders)")
     p.add_argument("--key", required=True, help="key file from 'kpfast keygen'")
@@ -38,33 +38,29 @@ def _code_scale(ops: tuple[str, ...], keys: KeySet) -> int:
     return keys.ffx_max if "ffx" in ops else 255
 
 
-def _write_manifest(folder: Path, manifest: dict) -> None:
-    atomic_write(folder / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
-
-
 def encrypt(args: argparse.Namespace) -> int:
     keys = KeySet.load(args.key)
     ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
     if not ops or any(o not in TRANSFORMS for o in ops) or len(set(ops)) != len(ops):
-        raise ValueError(f"--ops must list some of {', '.join(TRANSFORMS)}, each at most once, got {args.ops!r}")
+        raise ConfigError(f"--ops must list some of {', '.join(TRANSFORMS)}, each at most once, got {args.ops!r}")
     # Rounding to nearest keeps every byte recoverable (the reference's floor loses some after NP).
     transform = BlockTransform(keys, ops, rounding="nearest")
     scale, bitdepth = _code_scale(ops, keys), 16 if "ffx" in ops else 8
     src, dst = Path(args.input), Path(args.output)
     files = list_images(src)
-    for path in tqdm(files, desc="encrypt", unit="img"):
+    for path in bar(files, desc="encrypt", unit="img"):
         image = torch.from_numpy(read_image(path, keys.channels).copy())
         try:
             y = transform(image)
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise DataError(f"{path}: {e}") from None
         codes = torch.round(y.double() * scale).to(torch.int64).numpy()
         out = (dst / path.relative_to(src)).with_suffix(".png")
         out.parent.mkdir(parents=True, exist_ok=True)
         write_png(out, codes, bitdepth)
-    _write_manifest(dst, {"format": "kpfast-encrypted-images", "version": 1, "ops": list(ops),
-                          "block_size": keys.block_size, "channels": keys.channels,
-                          "key_fingerprint": keys.fingerprint(), "code_scale": scale, "bitdepth": bitdepth})
+    write_json(dst / MANIFEST, {"format": "kpfast-encrypted-images", "version": 1, "ops": list(ops),
+                                "block_size": keys.block_size, "channels": keys.channels,
+                                "key_fingerprint": keys.fingerprint(), "code_scale": scale, "bitdepth": bitdepth})
     print(f"encrypted {len(files)} images into {dst} ({bitdepth}-bit PNG, ops={','.join(ops)})")
     return 0
 
@@ -76,16 +72,16 @@ def decrypt(args: argparse.Namespace) -> int:
         manifest = json.loads((src / MANIFEST).read_text())
         ops, scale, fingerprint = tuple(manifest["ops"]), int(manifest["code_scale"]), manifest["key_fingerprint"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{src / MANIFEST} is missing or unreadable ({e}); was {src} written by 'kpfast encrypt'?") from None
+        raise DataError(f"{src / MANIFEST} is missing or unreadable ({e}); was {src} written by 'kpfast encrypt'?") from None
     if fingerprint != keys.fingerprint():
-        raise ValueError(f"wrong key: the images were encrypted with key {fingerprint}, "
+        raise KeyMismatchError(f"wrong key: the images were encrypted with key {fingerprint}, "
                          f"{args.key} is key {keys.fingerprint()}")
     transform = BlockTransform(keys, ops, rounding="nearest")
     files = list_images(src)
-    for path in tqdm(files, desc="decrypt", unit="img"):
+    for path in bar(files, desc="decrypt", unit="img"):
         codes = read_png_codes(path)
         if codes.shape[0] != keys.channels or codes.max(initial=0) > scale:
-            raise ValueError(f"{path}: not an image encrypted with this chain ({codes.shape[0]} channels, "
+            raise DataError(f"{path}: not an image encrypted with this chain ({codes.shape[0]} channels, "
                              f"codes up to {codes.max(initial=0)})")
         y = torch.from_numpy(codes).float() / scale
         x = torch.round(transform.inverse(y) * 255).to(torch.uint8).numpy()

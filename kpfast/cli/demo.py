@@ -2,9 +2,10 @@
 
 1. a deterministic synthetic image set (generated in code) and a fresh secret key;
 2. a picture: plain | shuffle | NP | FFX | all three, with the exact inverse round trip checked;
-3. the fused op against the reference-style torch peer and a plain uint8 -> float copy;
-4. a small CNN trained on key-protected images, evaluated with the correct key, with fresh
-   wrong keys and on plain images: only the key holder gets the accuracy.
+3. the fused op against a plain uint8 -> float copy of the same images (the memory floor);
+4. a small CNN trained on key-protected images (the same run as `kpfast train`), evaluated with
+   the correct key, with fresh wrong keys and on plain images: only the key holder gets the
+   accuracy.
 """
 from __future__ import annotations
 
@@ -14,42 +15,41 @@ from pathlib import Path
 
 import torch
 
-from .. import bench
-from ..data import DeviceLoader, make_synthetic
-from ..evaluate import evaluate_protection, format_markdown, write_json
-from ..grid import save_grid
+from ..atomic import write_json
+from ..data import make_synthetic
+from ..engine.device import default_device, device_name, resolve_device
+from ..errors import DataError
 from ..keys import KeySet
-from ..models import create_model
-from ..protected import ProtectedModel
-from ..train import train
+from ..plan import TRANSFORMS
+from ..protection.evaluate import format_markdown
+from ..protection.experiment import RunConfig, evaluate_model, train_run
+from ..report import bench
+from ..report.grid import save_grid
+from ..report.tables import TRANSFORM_LABELS
 from ..transforms import BlockTransform
-
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-CHAIN = ("shuffle", "negpos", "ffx")
+from .options import positive_int
 
 
-def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="the main job on an embedded synthetic data set", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--out", default="kpfast-demo", help="folder for the picture, model and results")
-    p.add_argument("--block-size", "-M", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--train-size", type=int, default=5000)
-    p.add_argument("--test-size", type=int, default=1000)
-    p.add_argument("--wrong-keys", type=int, default=5)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--block-size", "-M", type=positive_int, default=4)
+    p.add_argument("--epochs", type=positive_int, default=4)
+    p.add_argument("--train-size", type=positive_int, default=5000)
+    p.add_argument("--test-size", type=positive_int, default=1000)
+    p.add_argument("--wrong-keys", type=positive_int, default=5)
+    p.add_argument("--device", default=default_device())
     p.add_argument("--quick", action="store_true", help="a tiny run (smoke test)")
     p.set_defaults(run=run)
 
 
 def picture(out: Path, keys: KeySet, images: torch.Tensor) -> Path:
     columns, titles = [images], ["plain"]
-    for ops, title in ((("shuffle",), "shuffle"), (("negpos",), "NP"), (("ffx",), "FFX"), (CHAIN, "all three")):
+    for ops, title in [((op,), TRANSFORM_LABELS[op]) for op in TRANSFORMS] + [(TRANSFORMS, "all three")]:
         t = BlockTransform(keys, ops, rounding="nearest")
         protected = t(images)
         restored = torch.round(t.inverse(protected) * 255).to(torch.uint8)
         if not torch.equal(restored, images):
-            raise RuntimeError(f"inverse round trip of {title} is not exact")
+            raise RuntimeError(f"inverse round trip of {title} is not exact")  # a bug, never the user's doing
         columns.append(protected)
         titles.append(title)
     return save_grid(out / "transforms.png", columns, titles)
@@ -58,6 +58,9 @@ def picture(out: Path, keys: KeySet, images: torch.Tensor) -> Path:
 def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.train_size, args.test_size, args.epochs, args.wrong_keys = 1000, 200, 1, 2
+    device = resolve_device(args.device)
+    if 32 % args.block_size:
+        raise DataError(f"block size {args.block_size} does not divide the 32x32 images of the synthetic set")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -69,22 +72,19 @@ def run(args: argparse.Namespace) -> int:
     grid = picture(out, keys, test_set.images[:8])
     print(f"picture: {grid} (plain | shuffle | NP | FFX | all three); inverse round trips exact")
 
-    print("\nthroughput (" + ("CUDA" if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads") + "):")
-    rows = bench.run(bench.CASES[:1], device=args.device, repeats=3, peer_repeats=1)
-    print(bench.format_table(rows))
+    print(f"\nthroughput ({device_name(device)}):")
+    print(bench.format_table(bench.run(bench.CASES[:1], device=device, repeats=3)))
 
-    print(f"\ntraining a protected small CNN on {'+'.join(CHAIN)} images (M={args.block_size}, {args.epochs} epochs):")
-    make_transform = lambda k: BlockTransform(k, CHAIN, MEAN, STD)  # noqa: E731
-    loader = DeviceLoader(train_set, 128, device=args.device, shuffle=True, augment=True, seed=0)
-    model = create_model("small_cnn", num_classes=train_set.num_classes)
-    train(model, make_transform(keys), loader, epochs=args.epochs, lr=0.1, label_smoothing=0.1,
-          device=args.device, progress=True)
-    results = evaluate_protection(model, make_transform, keys, test_set, wrong_keys=args.wrong_keys,
-                                  device=args.device)
+    config = RunConfig(data="synthetic", model="small_cnn", ops=TRANSFORMS, block_size=args.block_size,
+                       epochs=args.epochs, device=str(device))
+    print(f"\ntraining a protected small CNN on {'+'.join(TRANSFORMS)} images (M={args.block_size}, "
+          f"{args.epochs} epochs):")
+    protected, _ = train_run(config, train_set, keys)
+    results = evaluate_model(protected, keys, test_set.to(device), wrong_keys=args.wrong_keys, device=device)
     print("\n" + format_markdown(results))
-    write_json(results, out / "results.json")
-    ProtectedModel(model, make_transform(keys)).save(out / "model.pt")
-    keys.save(out / "demo.key")
+    write_json(out / "results.json", results)
+    protected.save(out / "model.pt")
+    keys.save(out / "demo.key", overwrite=True)  # the demo's own fresh key, beside its own fresh model
     print(f"\nwrote {out}/: transforms.png, results.json, model.pt (weights, no key), demo.key (mode 0600)")
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0

@@ -5,50 +5,40 @@ network whose protected images stay classifiable by the plain-trained classifier
                      resumable: run the same command again to continue or to rebuild the report
   kpfast i2p export  protect a data set with a trained h_θ and write it as 8-bit PNG files
 
-Also runnable as `python -m kpfast.cli.i2p ...`, which imports no other subcommand.
+Examples:
 
-The full CIFAR-10 run on one GPU machine (no internet, torch with CUDA, no torchvision needed):
-copy ../shared/data/cifar10-jpeg.zip to .data/ (ignored), carry .data, and from the repository
-root run, as often as it exits with 3 (each call stops cleanly after about 9 minutes and the next
-one continues; call again while the machine is still warm, since the state lives in runs/i2p):
+  kpfast i2p run --data cifar10 --device cuda --out runs/i2p            # the full run on a GPU
+  kpfast i2p run --data path/to/cifar10.zip --out runs/i2p              # an image folder or zip
+  kpfast i2p run --data synthetic --train-subset 500 --test-subset 200 --epochs-classifier 2 \\
+      --epochs-features 1 --epochs-transform 2 --epochs-attack 1 --epochs-gan 1 --width 0.25 \\
+      --device cpu --out /tmp/i2p                                       # a smoke run on a CPU
+  kpfast i2p export --transform runs/i2p/transforms/resnet20-lam0.01.pt --data cifar10 --out protected/
 
-  mkdir -p runs/i2p $OUT/i2p; export PYTHONUNBUFFERED=1; python3 -c 'import kpfast' 2>/dev/null ||
-  KPFAST_CUDA=OFF python3 -m pip install -q --no-build-isolation --no-deps -e . || exit 1;
-  timeout 585 python3 -m kpfast.cli.i2p run --data .data/cifar10-jpeg.zip --device cuda --out runs/i2p
-  --time-limit 540 --no-progress 2>&1 | tee -a runs/i2p/log.txt; rc=${PIPESTATUS[0]};
-  cp runs/i2p/results.* runs/i2p/*.png runs/i2p/log.txt $OUT/i2p/; exit $rc
-
-(KPFAST_CUDA=OFF: i2p needs none of kpfast's CUDA kernels, so the build is quick; `-m
-kpfast.cli.i2p` avoids importing the other subcommands and their optional dependencies.)
+The defaults are sized for one GPU (about 25 minutes for CIFAR-10 on a recent data-centre GPU).
+For a job with a wall-clock limit (a batch queue, a shared machine), pass --time-limit SECONDS:
+the run stops cleanly between epochs with exit status 3, and the same command continues where it
+stopped; repeat it until it exits with 0. --no-progress leaves the logs only (for log files).
+Every output, including the resumable state, is under --out. Needs the kpfast[i2p] extra.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import fields
 
 import torch
 
-TIME_LIMIT_EXIT = 3  # the run stopped at --time-limit with its progress saved
+from ..errors import DataError, TimeLimitReached
+from .options import floats as _floats, names as _names, positive_int
+
+TIME_LIMIT_EXIT = TimeLimitReached.exit_code  # the run stopped at --time-limit with its progress saved
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
-def add_parser(sub, name: str) -> None:
+def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     from ..i2p.experiment import Config
 
     d = Config()
-    p = sub.add_parser(name, help="image to perturbation: key-free protected images and their attacks",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = p.add_subparsers(dest="step", required=True, metavar="step")
 
     r = steps.add_parser("run", help="the whole experiment, resumable stage by stage",
@@ -62,7 +52,7 @@ def add_parser(sub, name: str) -> None:
                    help="λ sweep for the first classifier")
     for stage, what in (("classifier", "ψ"), ("features", "the fallback F's classifier"), ("transform", "h_θ"),
                         ("attack", "the ITN attacker"), ("gan", "the GAN attacker")):
-        r.add_argument(f"--epochs-{stage}", type=int, default=getattr(d, f"epochs_{stage}"),
+        r.add_argument(f"--epochs-{stage}", type=positive_int, default=getattr(d, f"epochs_{stage}"),
                        help=f"epochs of {what} (paper: 200)" if stage != "features" else f"epochs of {what}")
     r.add_argument("--width", type=float, default=d.width, help="U-Net width of h_θ and the ITN (1 = 34.5 M params)")
     r.add_argument("--gan-width", type=float, default=d.gan_width, help="U-Net width of the GAN generator")
@@ -70,14 +60,17 @@ def add_parser(sub, name: str) -> None:
     r.add_argument("--vgg-weights", default=d.vgg_weights,
                    help="torchvision vgg16 state dict; None: $TORCH_HOME/hub/checkpoints/vgg16-397923af.pth "
                         "if present, else the fallback F")
-    r.add_argument("--batch-size", type=int, default=d.batch_size, help="of ψ, h_θ and the ITN (the GAN uses 64)")
-    r.add_argument("--train-subset", type=int, default=d.train_subset, help="images, stratified (None: all)")
-    r.add_argument("--test-subset", type=int, default=d.test_subset, help="images, stratified (None: all)")
+    r.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="of ψ, h_θ and the ITN (the GAN uses 64)")
+    r.add_argument("--train-subset", type=positive_int, default=d.train_subset,
+                   help="the first N images, balanced over classes (None: all)")
+    r.add_argument("--test-subset", type=positive_int, default=d.test_subset,
+                   help="the first N images, balanced over classes (None: all)")
     r.add_argument("--seed", type=int, default=d.seed, help="of ψ, h_θ and the attacks (the fallback F: seed + 1)")
     r.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
     r.add_argument("--time-limit", type=float, default=None,
                    help=f"seconds; stop cleanly between epochs (exit {TIME_LIMIT_EXIT}) and continue on the next call")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars, also for downloads and decoding "
+                   "(logs stay)")
     r.set_defaults(run=run)
 
     e = steps.add_parser("export", help="protect a data set with a trained h_θ, as 8-bit PNGs")
@@ -91,54 +84,48 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.device import resolve_device
     from ..i2p.experiment import Config, run as run_experiment
-    from ..i2p.train import TimeLimitReached
 
     options = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
     options["progress"] = not args.no_progress
-    if options["device"].startswith("cuda"):
+    if resolve_device(options["device"]).type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: let cuDNN pick the fastest kernels
-    try:
-        run_experiment(Config(**options))
-    except TimeLimitReached as e:
-        print(f"kpfast i2p: {e}", file=sys.stderr)
-        return TIME_LIMIT_EXIT
+    run_experiment(Config(**options))  # TimeLimitReached: exit status 3, handled with every error
     return 0
 
 
 def export(args: argparse.Namespace) -> int:
     from ..data import ImageSet, load_dataset
+    from ..engine import checkpoint
+    from ..engine.device import resolve_device
     from ..i2p.export import export_png
-    from ..i2p.loss import protect, quantize
+    from ..i2p.loss import protect_all, quantize
     from ..i2p.unet import UNet
 
-    saved = torch.load(args.transform, map_location="cpu", weights_only=True)
+    device = resolve_device(args.device)
+    saved = checkpoint.read(args.transform, what="h_θ file")
     if not isinstance(saved, dict) or "state_dict" not in saved or "config" not in saved:
-        raise ValueError(f"{args.transform} is not an h_θ file written by `kpfast i2p run`")
+        raise DataError(f"{args.transform} is not an h_θ file written by `kpfast i2p run`")
     h = UNet(**saved["config"])
     h.load_state_dict(saved["state_dict"])
-    h.to(args.device).eval()
+    h.to(device).eval()
     sets = dict(zip(("train", "test"), load_dataset(args.data, args.data_root)))
     for split in args.splits:
         if split not in sets:
-            raise ValueError(f"unknown split {split!r}; expected train and/or test")
+            raise DataError(f"unknown split {split!r}; expected train and/or test")
         images = sets[split]
-        with torch.no_grad():
-            protected = torch.cat([quantize(protect(h, x.to(args.device))).cpu() for x in images.images.split(500)])
+        protected = quantize(protect_all(h, images.images, device))
         folder = export_png(ImageSet(protected, images.labels, images.classes), args.out, split)
         print(f"wrote {len(images)} protected images to {folder}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kpfast")
-    add_parser(parser.add_subparsers(dest="command", required=True), "i2p")
-    args = parser.parse_args(["i2p", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.run(args) or 0
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"kpfast i2p: error: {e}", file=sys.stderr)
-        return 2
+def main(argv: Sequence[str] | None = None) -> int:
+    """`kpfast i2p ...` on its own (`python -m kpfast.cli.i2p ...`)."""
+    from . import main as kpfast_main
+
+    return kpfast_main(["i2p", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -4,22 +4,23 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..errors import OutputExistsError
 from ..keys import KeySet
+from .options import positive_int
 
 
-def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="generate a secret key set", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("output", help="key file to write (mode 0600)")
-    p.add_argument("--block-size", "-M", type=int, default=4)
-    p.add_argument("--channels", "-C", type=int, default=3)
+    p.add_argument("--block-size", "-M", type=positive_int, default=4)
+    p.add_argument("--channels", "-C", type=positive_int, default=3)
     p.add_argument("--force", action="store_true", help="overwrite an existing key file")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if os.path.exists(args.output) and not args.force:
-        raise ValueError(f"{args.output} exists; refusing to overwrite a key (use --force)")
+    if os.path.lexists(args.output) and not args.force:
+        raise OutputExistsError(f"{args.output} exists; refusing to overwrite a key (use --force)")
     keys = KeySet.generate(args.block_size, args.channels)
-    keys.save(args.output)
+    keys.save(args.output, overwrite=args.force)
     print(f"wrote {args.output}: {keys!r}")
     return 0

@@ -5,6 +5,9 @@ fresh key), evaluates each with the correct key, --wrong-keys random wrong keys 
 times each against the plain model, and writes results.md (ours beside the published numbers),
 results.json and accuracy_vs_block_size.png to --out after every model.
 
+--data is the data set (default cifar10, downloaded once); the paper's numbers are on CIFAR-10,
+so an image folder or zip of CIFAR-10 (train/<class>/, test/<class>/) works as well.
+
 --cells picks a subset: a comma list of 'plain' and <transform>-<M> (transform: shuffle, negpos
 or ffx; M: a block size dividing the image size), e.g. --cells plain,ffx-4,shuffle-4,negpos-4.
 Default 'all': plain and M=4 first, then M=2, 8, 16.
@@ -17,20 +20,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..reproduce import parse_cells, run_grid
+from ..errors import Interrupted
+from ..protection.grid import parse_cells, run_grid
+from .options import positive_int
 from .train import add_run_arguments, run_config
 
-DEFAULT_ZIP = Path("../shared/data/cifar10-jpeg.zip")
 
-
-def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="reproduce the published accuracy table (13 models)", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(DEFAULT_ZIP) if DEFAULT_ZIP.exists() else "cifar10",
-                   help=f"data set (default: {DEFAULT_ZIP} if it exists, else cifar10)")
+def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--data", default="cifar10",
+                   help="data set: cifar10 (default), or an image folder or zip of CIFAR-10")
     p.add_argument("--cells", default="all", help="models to train, e.g. plain,ffx-4,shuffle-4 (default: all)")
     p.add_argument("--out", default="kpfast-reproduce", help="results folder (default: kpfast-reproduce)")
-    p.add_argument("--wrong-keys", type=int, default=10, help="random wrong keys per model (default: 10)")
+    p.add_argument("--wrong-keys", type=positive_int, default=10, help="random wrong keys per model (default: 10)")
     p.add_argument("--save-models", action="store_true", help="also write each model to <out>/models/")
     add_run_arguments(p, epochs=30, model="resnet18")
     p.set_defaults(run=run)
@@ -39,6 +40,9 @@ def add_parser(sub, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     cells = parse_cells(args.cells)
     config = run_config(args, data=args.data)
-    run_grid(config, cells, args.out, wrong_keys=args.wrong_keys, save_models=args.save_models)
+    try:
+        run_grid(config, cells, args.out, wrong_keys=args.wrong_keys, save_models=args.save_models)
+    except KeyboardInterrupt as e:  # Ctrl-C: finished models and the last epoch are kept
+        raise Interrupted(f"{e or 'interrupted'}; to continue, run the same command again") from None
     print(f"wrote {Path(args.out) / 'results.md'} and {Path(args.out) / 'accuracy_vs_block_size.png'}")
     return 0

@@ -1,6 +1,7 @@
 """Data sets as uint8 `ImageSet`s, and a loader that keeps them on the training device.
 
-Every loader returns `(train, test)`.
+Every loader returns `(train, test)`. Only image folders need Pillow (``kpfast[cli]``): their
+loader is imported when first used, so the rest of this package needs torch and numpy alone.
 """
 
 from __future__ import annotations
@@ -9,26 +10,34 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, DataNotFoundError
 from .augment import crop_u8, random_crop_u8, random_flip_u8
 from .cache import cache_dir
 from .cifar10 import load_cifar10
-from .download import ChecksumError, download_file, verify_file
+from .download import ChecksumError, DownloadError, download_file, verify_file
 from .fashion_mnist import load_fashion_mnist, read_idx
-from .folders import load_image_folder
 from .imageset import ImageSet
 from .loader import DeviceLoader
+from .stats import Stats, channel_stats, dataset_stats
 from .synthetic import make_synthetic
 
 __all__ = [
-    "ChecksumError", "DeviceLoader", "ImageSet", "cache_dir", "crop_u8", "download_file",
-    "load_cifar10", "load_dataset", "load_fashion_mnist", "load_image_folder",
-    "make_synthetic", "random_crop_u8", "random_flip_u8", "read_idx", "verify_file",
+    "ChecksumError", "DeviceLoader", "DownloadError", "ImageSet", "Stats", "cache_dir", "channel_stats",
+    "crop_u8", "dataset_stats", "download_file", "load_cifar10", "load_dataset", "load_fashion_mnist",
+    "load_image_folder", "make_synthetic", "random_crop_u8", "random_flip_u8", "read_idx", "verify_file",
 ]
 
 DATASETS = ("cifar10", "cifar10-folder", "fashion-mnist", "synthetic")
 
 
-def load_dataset(name: str, root: str | os.PathLike[str] | None = None,
+def __getattr__(name: str) -> Any:
+    if name == "load_image_folder":  # lazy: Pillow is imported only when a folder is read
+        from .folders import load_image_folder
+        return load_image_folder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_dataset(name: str, root: str | os.PathLike[str] | None = None, *, progress: bool = True,
                  **kwargs: Any) -> tuple[ImageSet, ImageSet]:
     """(train, test) of a data set by name; `kwargs` go to its loader.
 
@@ -37,20 +46,24 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None,
     - "fashion-mnist": idx files (`load_fashion_mnist`; root: their folder),
     - "synthetic": generated in code (`make_synthetic`; no root),
     - or the path of an image folder or zip, as a shorthand for "cifar10-folder".
+
+    `progress` shows the download and decoding bars of the loaders that have them.
     """
     if name == "cifar10":
-        return load_cifar10(root, **kwargs)
+        return load_cifar10(root, progress=progress, **kwargs)
     if name == "fashion-mnist":
         return load_fashion_mnist(root, **kwargs)
     if name == "synthetic":
         if root is not None:
-            raise ValueError("the synthetic data set is generated, it takes no root")
+            raise ConfigError("the synthetic data set is generated, it takes no root")
         return make_synthetic(**kwargs)
     if name == "cifar10-folder":
         if root is None:
-            raise ValueError("cifar10-folder needs root=<folder or .zip with train/ and test/>")
-        return load_image_folder(root, **kwargs)
+            raise ConfigError("cifar10-folder needs root=<folder or .zip with train/ and test/>")
+        from .folders import load_image_folder
+        return load_image_folder(root, progress=progress, **kwargs)
     if root is None and Path(name).expanduser().exists():
-        return load_image_folder(name, **kwargs)
-    raise ValueError(f"unknown data set {name!r}: expected one of {', '.join(DATASETS)} "
-                     "or the path of an image folder or zip")
+        from .folders import load_image_folder
+        return load_image_folder(name, progress=progress, **kwargs)
+    raise DataNotFoundError(f"unknown data set {name!r}: expected one of {', '.join(DATASETS)} "
+                            "or the path of an image folder or zip")

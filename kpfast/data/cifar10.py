@@ -12,6 +12,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from ..errors import ConfigError, DataError, DataNotFoundError
 from .cache import cache_dir, load_arrays, save_arrays
 from .download import download_file, verify_file
 from .imageset import ImageSet
@@ -48,7 +49,7 @@ def load_cifar10(root: str | os.PathLike[str] | None = None, *, download: bool =
     archive = root_path if given_archive else root_path / ARCHIVE_NAME
     key = (sha256 or md5 or "")[:16]
     if not key:
-        raise ValueError("load_cifar10 needs an md5 or sha256 to verify the archive against")
+        raise ConfigError("load_cifar10 needs an md5 or sha256 to verify the archive against")
     decoded = archive.with_name(f"cifar-10-python-{key}.npz")
 
     arrays = load_arrays(decoded)
@@ -59,7 +60,7 @@ def load_cifar10(root: str | os.PathLike[str] | None = None, *, download: bool =
         elif download:
             download_file(url, archive, md5=md5, sha256=sha256, progress=progress)
         else:
-            raise FileNotFoundError(f"{archive} does not exist (and download=False)")
+            raise DataNotFoundError(f"{archive} does not exist (and download=False)")
         arrays = read_archive(archive)
         try:
             save_arrays(decoded, **arrays)
@@ -90,9 +91,9 @@ def read_archive(archive: Path) -> dict[str, np.ndarray]:
                     assert f is not None
                     batches[member.name.split("/")[-1]] = _unpickle(f)
     except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as e:
-        raise ValueError(f"{archive}: not a readable CIFAR-10 python archive: {e}") from e
+        raise DataError(f"{archive}: not a readable CIFAR-10 python archive: {e}") from e
     if missing := sorted(w.split("/")[-1] for w in wanted if w.split("/")[-1] not in batches):
-        raise ValueError(f"{archive}: missing {', '.join(missing)} under {_FOLDER}/")
+        raise DataError(f"{archive}: missing {', '.join(missing)} under {_FOLDER}/")
 
     def images_labels(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
@@ -100,7 +101,7 @@ def read_archive(archive: Path) -> dict[str, np.ndarray]:
             x = np.asarray(batches[name][b"data"])
             y = np.asarray(batches[name][b"labels"], dtype=np.int64)
             if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(y) != len(x):
-                raise ValueError(f"{archive}: {name} holds data {x.dtype} {x.shape} and "
+                raise DataError(f"{archive}: {name} holds data {x.dtype} {x.shape} and "
                                  f"{len(y)} labels, expected uint8 [n, 3072] and n labels")
             xs.append(x)
             ys.append(y)

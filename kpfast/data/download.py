@@ -9,17 +9,22 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ..errors import ConfigError, DataError
+from ..report.progress import bar
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(DataError, RuntimeError):
     """A file's content is not what its checksum says."""
+
+
+class DownloadError(DataError, OSError):
+    """A download failed (network, server or local disk); nothing was saved."""
 
 
 def _expected(md5: str | None, sha256: str | None) -> dict[str, str]:
     expected = {name: digest.lower() for name, digest in (("md5", md5), ("sha256", sha256)) if digest}
     if not expected:
-        raise ValueError("need an md5 or sha256 checksum to verify the file against")
+        raise ConfigError("need an md5 or sha256 checksum to verify the file against")
     return expected
 
 
@@ -67,15 +72,15 @@ def download_file(url: str, dest: Path, *, md5: str | None = None, sha256: str |
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
             length = resp.headers.get("Content-Length")
             total = int(length) if length else None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=dest.name, disable=not progress) as bar:
+            with bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                     enabled=progress) as shown:
                 received = 0
                 while chunk := resp.read(1 << 20):
                     out.write(chunk)
                     for h in hashes.values():
                         h.update(chunk)
                     received += len(chunk)
-                    bar.update(len(chunk))
+                    shown.update(len(chunk))
         actual = {name: h.hexdigest() for name, h in hashes.items()}
         # http.client does not complain when a server closes early, so compare sizes here.
         truncated = total is not None and received != total
@@ -85,7 +90,7 @@ def download_file(url: str, dest: Path, *, md5: str | None = None, sha256: str |
                                 f"{_describe(expected)}, got {_describe(actual)}; nothing was saved")
         os.replace(tmp, dest)
     except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, dropped connections
-        raise OSError(f"could not download {url} to {dest}: {e}") from e
+        raise DownloadError(f"could not download {url} to {dest}: {e}") from e
     finally:
         tmp.unlink(missing_ok=True)  # no-op after the rename
     return dest

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError, DataNotFoundError
 from .imageset import ImageSet
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
@@ -29,18 +30,18 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (EOFError, gzip.BadGzipFile) as e:  # EOFError: a truncated .gz
-        raise ValueError(f"{path}: damaged gzip stream: {e}") from e
+        raise DataError(f"{path}: damaged gzip stream: {e}") from e
     if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path}: not an idx file (magic bytes {raw[:4].hex() or 'missing'})")
+        raise DataError(f"{path}: not an idx file (magic bytes {raw[:4].hex() or 'missing'})")
     dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated idx header ({len(raw)} of {header} bytes)")
+        raise DataError(f"{path}: truncated idx header ({len(raw)} of {header} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "too long"
-        raise ValueError(f"{path}: {what}: {len(raw)} bytes, expected {expected} "
+        raise DataError(f"{path}: {what}: {len(raw)} bytes, expected {expected} "
                          f"for shape {shape} of {dtype}")
     return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
@@ -59,10 +60,10 @@ def _load_split(folder: Path, prefix: str) -> ImageSet:
     images = read_idx(_find(folder, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte"))
     if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"{folder}: {prefix} images are {images.dtype} {images.shape}, "
+        raise DataError(f"{folder}: {prefix} images are {images.dtype} {images.shape}, "
                          "expected uint8 [N, H, W]")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"{folder}: {len(images)} {prefix} images but labels of shape {labels.shape}")
+        raise DataError(f"{folder}: {len(images)} {prefix} images but labels of shape {labels.shape}")
     return ImageSet(torch.from_numpy(images[:, None]),
                     torch.from_numpy(labels.astype(np.int64)), CLASSES)
 
@@ -71,4 +72,4 @@ def _find(folder: Path, stem: str) -> Path:
     for candidate in (folder / stem, folder / f"{stem}.gz"):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"{folder}: neither {stem} nor {stem}.gz exists")
+    raise DataNotFoundError(f"{folder}: neither {stem} nor {stem}.gz exists")

@@ -14,9 +14,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
+from ..errors import ConfigError, DataError, DataNotFoundError
+from ..report.imageio import DECODE_ERRORS, Image
+from ..report.progress import bar
 from .cache import cache_dir, load_arrays, save_arrays
 from .imageset import ImageSet
 
@@ -42,7 +43,7 @@ def load_image_folder(path: str | os.PathLike[str], *, mode: Literal["RGB", "L"]
     (default: one per CPU core, at most 8).
     """
     if mode not in ("RGB", "L"):
-        raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+        raise ConfigError(f"mode must be 'RGB' or 'L', got {mode!r}")
     root = Path(path).expanduser()
     listing = _listing(root)
     tree = _layout(root, [name for name, _ in listing])
@@ -90,12 +91,12 @@ def _listing(root: Path) -> list[tuple[str, str]]:
                 entries.append((name, f"{st.st_size}:{st.st_mtime_ns}"))
         return entries
     if not root.exists():
-        raise FileNotFoundError(f"{root} does not exist")
+        raise DataNotFoundError(f"{root} does not exist")
     try:
         with zipfile.ZipFile(root) as z:
             return sorted((i.filename, f"{i.file_size}:{i.CRC:08x}") for i in z.infolist())
     except zipfile.BadZipFile as e:
-        raise ValueError(f"{root} is neither a folder nor a readable zip: {e}") from e
+        raise DataError(f"{root} is neither a folder nor a readable zip: {e}") from e
 
 
 def _layout(root: Path, names: list[str]) -> dict[str, dict[str, list[str]]]:
@@ -114,18 +115,18 @@ def _layout(root: Path, names: list[str]) -> dict[str, dict[str, list[str]]]:
             top = sorted({n.split("/")[0] for n in names})
             present = any(n.split("/")[0] == split for n in names)
             problem = "holds no class folders" if present else "is missing"
-            raise ValueError(f"{root}: {split}/ {problem} (expected train/<class>/* and "
+            raise DataError(f"{root}: {split}/ {problem} (expected train/<class>/* and "
                              f"test/<class>/*; the top level holds {top})")
     train, test = set(tree["train"]), set(tree["test"])
     if train != test:
         problems = [f"{s}/ lacks class folder(s) {sorted(b - a)} found in {o}/"
                     for s, a, o, b in (("test", test, "train", train), ("train", train, "test", test))
                     if b - a]
-        raise ValueError(f"{root}: " + "; ".join(problems))
+        raise DataError(f"{root}: " + "; ".join(problems))
     for split in SPLITS:
         for cls, files in tree[split].items():
             if not files:
-                raise ValueError(f"{root}: class folder {split}/{cls}/ holds no images")
+                raise DataError(f"{root}: class folder {split}/{cls}/ holds no images")
             files.sort()
     return tree
 
@@ -144,8 +145,8 @@ def _decode_all(root: Path, files: list[str], mode: str, workers: int | None,
                 progress: bool) -> np.ndarray:
     """Decode `files` into uint8 [N, C, H, W]; the main process reads, workers decode."""
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    with _reader(root) as read, tqdm(total=len(files), desc=f"decoding {root.name}",
-                                     unit="img", disable=not progress) as bar:
+    with _reader(root) as read, bar(total=len(files), desc=f"decoding {root.name}", unit="img",
+                                    enabled=progress) as shown:
         first = _decode_chunk(str(root), [(files[0], read(files[0]))], mode, None)
         size = first.shape[1:3]
         chunks = (files[i:i + _CHUNK] for i in range(0, len(files), _CHUNK))
@@ -157,7 +158,7 @@ def _decode_all(root: Path, files: list[str], mode: str, workers: int | None,
         if workers <= 1 or len(files) < _MIN_POOL:
             for chunk in chunks:
                 parts.append(_decode_chunk(str(root), load(chunk), mode, size))
-                bar.update(len(chunk))
+                shown.update(len(chunk))
         else:
             pool = ProcessPoolExecutor(workers)
             try:
@@ -167,7 +168,7 @@ def _decode_all(root: Path, files: list[str], mode: str, workers: int | None,
                     for chunk in chunks]
                 for future in futures:
                     parts.append(future.result())
-                    bar.update(len(parts[-1]))
+                    shown.update(len(parts[-1]))
             finally:
                 pool.shutdown(cancel_futures=True)
     # NHWC -> NCHW once, so the cached arrays load straight into an ImageSet.
@@ -182,10 +183,10 @@ def _decode_chunk(source: str, items: list[tuple[str, bytes]], mode: str,
         try:
             with Image.open(io.BytesIO(data)) as im:
                 pixels = np.asarray(im.convert(mode) if im.mode != mode else im)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{source}: cannot read image {name}: {e}") from None
+        except DECODE_ERRORS as e:
+            raise DataError(f"{source}: cannot read image {name}: {e}") from None
         if size is not None and pixels.shape[:2] != tuple(size):
-            raise ValueError(f"{source}: image {name} is {pixels.shape[1]}x{pixels.shape[0]}, "
+            raise DataError(f"{source}: image {name} is {pixels.shape[1]}x{pixels.shape[0]}, "
                              f"but the first image is {size[1]}x{size[0]}; all must match")
         if out is None:
             out = np.empty((len(items), *pixels.shape[:2], len(mode)), dtype=np.uint8)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensors have no boolean equality
 class ImageSet:
@@ -53,6 +55,10 @@ class ImageSet:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def to(self, device: str | torch.device) -> ImageSet:
+        """The set on `device` (moved once, so that batches sliced from it are views, not copies)."""
+        return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
+
     def subset(self, indices: torch.Tensor | Sequence[int] | Sequence[bool]) -> ImageSet:
         """The images at `indices` (in that order; repeats allowed) or a bool mask, as a new set."""
         idx = torch.as_tensor(indices, device=self.labels.device)
@@ -74,6 +80,27 @@ class ImageSet:
             chosen = members[torch.randperm(len(members), generator=gen)]
             take[chosen[: round(fraction * len(members))]] = True
         return self.subset(torch.nonzero(take).flatten()), self.subset(torch.nonzero(~take).flatten())
+
+    def first_per_class(self, n: int) -> ImageSet:
+        """The first images of each class, n in all, as balanced as n allows, in the original order.
+
+        kpfast's one meaning of a subset (``--train-subset`` / ``--test-subset``): deterministic,
+        without randomness, so a quick run always sees the same images.
+        """
+        if n < 1:
+            raise ConfigError(f"a subset needs at least 1 image, got {n}")
+        if n >= len(self):
+            return self
+        k = self.num_classes
+        labels = self.labels.cpu()
+        # Quotas n // k (+1 for the first n % k classes), capped by what each class has.
+        quota = torch.full((k,), n // k, dtype=torch.int64)
+        quota[: n % k] += 1
+        rank = torch.zeros_like(labels)  # position of each image within its class
+        for c in range(k):
+            members = labels == c
+            rank[members] = torch.arange(int(members.sum()))
+        return self.subset(rank < quota[labels])
 
 
 def _describe(t: object) -> str:

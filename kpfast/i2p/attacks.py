@@ -11,24 +11,23 @@ its restorations of the protected test images against the plain test images.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
-from tqdm.auto import tqdm
 
-from ..atomic import atomic_write
 from ..data import DeviceLoader, ImageSet
-from .loss import protect, quantize
+from ..engine import Amp, Deadline, autocast, fit, resolve_device
+from ..errors import DataError
+from .loss import protect, protect_all, quantize
 from .metrics import image_metrics, summary
-from .train import Deadline, FitResult, TimeLimitReached, fit
+from .train import train_net
 from .unet import UNet
+
+GAN_CHECKPOINT_TYPE = "i2p-gan"
 
 
 @dataclass
@@ -42,20 +41,15 @@ class AttackResult:
         return {k: summary(v) for k, v in self.per_image.items()}
 
 
-def restore(net: nn.Module, protected: torch.Tensor, device: str | torch.device, batch_size: int = 500) -> torch.Tensor:
-    """uint8 restorations sigmoid(net(x')) of uint8 protected images, batch by batch."""
-    net.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(protected), batch_size):
-            out.append(quantize(protect(net, protected[i:i + batch_size].to(device))).cpu())
-    return torch.cat(out)
+def restore(net: nn.Module, protected: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """uint8 restorations sigmoid(net(x')) of uint8 protected images."""
+    return quantize(protect_all(net, protected, device))
 
 
 def paired(protected: ImageSet, plain: ImageSet) -> ImageSet:
     """Pairs as one 6-channel image set, so the loader's flip moves both halves together."""
     if protected.images.shape != plain.images.shape:
-        raise ValueError("protected and plain sets must hold the same images (same shape and order)")
+        raise DataError("protected and plain sets must hold the same images (same shape and order)")
     return ImageSet(torch.cat([protected.images, plain.images], 1).contiguous(), plain.labels, plain.classes)
 
 
@@ -74,7 +68,7 @@ def inverse_network_attack(
     **kwargs,
 ) -> tuple[AttackResult, nn.Module]:
     """Train the ITN on (protected, plain) train pairs (joint flip, 10 % validation split, best
-    validation MSE kept; `kwargs` go to `fit`) and restore the protected test images."""
+    validation MSE kept; `kwargs` go to `train_net`) and restore the protected test images."""
     val, train = paired(protected_train, plain_train).split(val_fraction, seed=seed)
 
     def step(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -84,8 +78,8 @@ def inverse_network_attack(
     # padding 0: the crop is the identity, only the (joint) flip remains, as in the paper.
     loader = DeviceLoader(train, batch_size, device=device, shuffle=True, augment=True, seed=seed, padding=0)
     net = UNet(width=width)
-    fitted: FitResult = fit(net, step, loader, DeviceLoader(val, 2 * batch_size, device=device, shuffle=False),
-                            epochs=epochs, device=device, seed=seed, desc=kwargs.pop("desc", "ITN attack"), **kwargs)
+    fitted = train_net(net, step, loader, DeviceLoader(val, 2 * batch_size, device=device, shuffle=False),
+                       epochs=epochs, device=device, seed=seed, desc=kwargs.pop("desc", "ITN attack"), **kwargs)
     restored = restore(net, protected_test, device)
     return AttackResult("ITN", restored, image_metrics(restored, plain_test), fitted.history), net
 
@@ -111,6 +105,23 @@ def _bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target)
 
 
+class _Pairs:
+    """Batches of two loaders side by side, their epochs set together (the GAN's unpaired data)."""
+
+    def __init__(self, first: DeviceLoader, second: DeviceLoader) -> None:
+        self.first, self.second = first, second
+
+    def __len__(self) -> int:
+        return min(len(self.first), len(self.second))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.first.set_epoch(epoch)
+        self.second.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+        return zip(self.first, self.second)
+
+
 def gan_attack(
     protected_train: ImageSet,
     plain_train: ImageSet,
@@ -123,7 +134,7 @@ def gan_attack(
     batch_size: int = 64,
     lr: float = 2e-4,
     betas: tuple[float, float] = (0.5, 0.999),
-    amp: bool | Literal["auto"] = "auto",
+    amp: Amp = "auto",
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: float = 0.0,
     deadline: Deadline = Deadline(),
@@ -134,10 +145,10 @@ def gan_attack(
     """Unpaired GAN: protected images of the first half of the train set, plain images of the
     second half. Trains `epochs` epochs (the final generator is used: a GAN has no validation
     loss to select on) and restores the protected test images."""
-    device = torch.device(device)
+    device = resolve_device(device)
     half = len(protected_train) // 2
     if half < 1:
-        raise ValueError("the GAN attack needs at least two training images")
+        raise DataError("the GAN attack needs at least two training images")
     order = torch.randperm(len(protected_train), generator=torch.Generator().manual_seed(seed))
     sources = protected_train.subset(order[:half])
     targets = plain_train.subset(order[half:2 * half])
@@ -145,62 +156,33 @@ def gan_attack(
     gen, disc = UNet(width=width).to(device), PatchDiscriminator().to(device)
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=betas)
-    use_amp = device.type == "cuda" if amp == "auto" else bool(amp)
-    src = DeviceLoader(sources, batch_size, device=device, shuffle=True, augment=True, seed=seed, padding=0, drop_last=True)
-    tgt = DeviceLoader(targets, batch_size, device=device, shuffle=True, augment=True, seed=seed + 1, padding=0, drop_last=True)
-    if len(src) < 1:
-        raise ValueError(f"the GAN attack needs at least {2 * batch_size} training images for batch size {batch_size}")
-    history: list[dict[str, float]] = []
-    path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["epochs"] != epochs:
-            raise ValueError(f"cannot resume {path}: made for {state['epochs']} epochs, not {epochs}")
-        for module, key in ((gen, "gen"), (disc, "disc"), (opt_g, "opt_g"), (opt_d, "opt_d")):
-            module.load_state_dict(state[key])
-        history = list(state["history"])
-        torch.set_rng_state(state["rng"])
-    def save() -> None:
-        state = {"epochs": epochs, "gen": gen.state_dict(), "disc": disc.state_dict(), "opt_g": opt_g.state_dict(),
-                 "opt_d": opt_d.state_dict(), "history": history, "rng": torch.get_rng_state()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: torch.save(state, f))
+    pairs = _Pairs(
+        DeviceLoader(sources, batch_size, device=device, shuffle=True, augment=True, seed=seed, padding=0, drop_last=True),
+        DeviceLoader(targets, batch_size, device=device, shuffle=True, augment=True, seed=seed + 1, padding=0,
+                     drop_last=True))
+    if len(pairs) < 1:
+        raise DataError(f"the GAN attack needs at least {2 * batch_size} training images for batch size {batch_size}")
 
-    start, last, saved_at = len(history), 0.0, time.monotonic()
-    for epoch in range(start, epochs):
-        try:
-            deadline.check(last, f"GAN attack epoch {epoch + 1}")
-        except TimeLimitReached:
-            if path is not None and epoch > start:  # keep this call's progress
-                save()
-            raise
-        began = time.perf_counter()
-        gen.train()
-        disc.train()
-        src.set_epoch(epoch)
-        tgt.set_epoch(epoch)
-        sums = torch.zeros(2, dtype=torch.float64, device=device)
-        bar = tqdm(zip(src, tgt), total=len(src), desc=f"GAN attack {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for (x_protected, _), (x_plain, _) in bar:
-            with torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
-                fake = protect(gen, x_protected)
-                d_loss = (_bce(disc(x_plain.float() / 255), True) + _bce(disc(fake.detach()), False)) / 2
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            with torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
-                g_loss = _bce(disc(fake), True)  # pure adversarial loss: no pairs to compare with
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            sums += torch.stack([d_loss.detach(), g_loss.detach()]).double()
-        bar.close()
-        last = time.perf_counter() - began
-        d, g = (sums / len(src)).tolist()
-        history.append({"d_loss": d, "g_loss": g, "seconds": last})
-        if path is not None and (epoch + 1 == epochs or time.monotonic() - saved_at >= checkpoint_every):
-            save()
-            saved_at = time.monotonic()
-        log(f"GAN attack {epoch + 1}/{epochs}  d_loss {d:.4f}  g_loss {g:.4f}  {last:.1f}s")
+    def step(batch) -> dict[str, torch.Tensor]:
+        (x_protected, _), (x_plain, _) = batch
+        with autocast(device, amp):
+            fake = protect(gen, x_protected)
+            d_loss = (_bce(disc(x_plain.float() / 255), True) + _bce(disc(fake.detach()), False)) / 2
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        with autocast(device, amp):
+            g_loss = _bce(disc(fake), True)  # pure adversarial loss: no pairs to compare with
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
+
+    fitted = fit(step, pairs, epochs=epochs, kind=GAN_CHECKPOINT_TYPE,
+                 state={"generator": gen, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d},
+                 run={"settings": {"width": width, "batch_size": batch_size, "lr": lr, "betas": list(betas),
+                                   "seed": seed}},
+                 checkpoint=checkpoint, resume=True, save_every=checkpoint_every, deadline=deadline,
+                 progress=progress, desc="GAN attack", log=log)
     restored = restore(gen, protected_test, device)
-    return AttackResult("GAN", restored, image_metrics(restored, plain_test), history), gen
+    return AttackResult("GAN", restored, image_metrics(restored, plain_test), fitted.history), gen

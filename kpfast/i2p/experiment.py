@@ -3,7 +3,7 @@
 Stages, each skipped when its output file exists under `out/`:
 1. features/        F: ImageNet VGG-16 relu2_2 if its weights are on disk, else the fallback, a
                     separately trained CIFAR classifier cut at relu2_2 depth (see features.py);
-2. classifiers/     ψ per classifier, trained on plain images (kpfast.train, step schedule);
+2. classifiers/     ψ per classifier, trained on plain images (kpfast.engine.train, step schedule);
 3. transforms/      h_θ per run: every classifier at `lam`, plus the first classifier at every
                     λ of `lambdas` (the trade-off sweep);
 4. eval/            per run: ψ's accuracy on plain, protected (float) and protected (8-bit PNG,
@@ -18,10 +18,9 @@ between epochs (`TimeLimitReached`) and the same command continues where it stop
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,18 +28,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import atomic_write
+from ..atomic import write_json, write_text
 from ..data import DeviceLoader, ImageSet, load_dataset
-from ..grid import image_grid
+from ..data.stats import IMAGENET
+from ..engine import Deadline, default_device, device_name, evaluate, resolve_device, train
+from ..engine.classifier import batches
+from ..engine import checkpoint as ckpt
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models import create_model
-from ..normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize
-from ..train import evaluate, train
+from ..normalize import Normalize
+from ..report.grid import save_grid
+from ..report.plots import box_plot
+from ..report.tables import markdown_table
 from .attacks import AttackResult, gan_attack, inverse_network_attack
 from .export import export_png, load_png
 from .features import FeatureExtractor, early_layers, find_vgg16_weights, vgg16_relu2_2
-from .loss import TransformLoss, protect, quantize
-from .metrics import SSIM_WINDOW, blur3, box_plot, image_metrics, summary
-from .train import Deadline, train_transform
+from .loss import TransformLoss, protect_all, quantize
+from .metrics import SSIM_WINDOW, blur3, image_metrics, summary
+from .train import train_transform
 from .unet import UNet, count_parameters
 
 CHECKPOINT_EVERY = 120.0  # seconds between resumable saves inside a stage (and always at a deadline)
@@ -59,7 +64,7 @@ class Config:
     # feature distance is small (about 0.15 on CIFAR-10 at the start), so smaller λ change little.
     lambdas: tuple[float, ...] = (0.01, 0.1, 1.0)
     # Paper: 200 epochs for every network. These defaults fit the whole CIFAR-10 run into about
-    # 25 minutes of one H100 (an estimate; see kpfast/cli/i2p.py for the command).
+    # 25 minutes of one recent data-centre GPU (an estimate).
     epochs_classifier: int = 40
     epochs_features: int = 15
     epochs_transform: int = 25
@@ -70,11 +75,11 @@ class Config:
     feature_model: str = "vgg16_bn"  # the fallback F's classifier
     vgg_weights: str | None = None  # torchvision vgg16 state dict; default: torch's hub cache
     batch_size: int = 128
-    train_subset: int | None = None  # stratified subsets for cheap runs
+    train_subset: int | None = None  # ImageSet.first_per_class subsets for cheap runs
     test_subset: int | None = None
     val_fraction: float = 0.1
     seed: int = 0
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    device: str = default_device()
     time_limit: float | None = None  # seconds for this call; None: no limit
     progress: bool = True
 
@@ -85,7 +90,7 @@ class Config:
     def runs(self) -> list[tuple[str, float]]:
         """(classifier, λ) of every h_θ: each classifier at `lam`, the first one across `lambdas`."""
         if not self.classifiers:
-            raise ValueError("need at least one classifier")
+            raise ConfigError("need at least one classifier")
         runs = [(c, self.lam) for c in self.classifiers]
         return runs + [(self.classifiers[0], lam) for lam in self.lambdas if lam != self.lam]
 
@@ -117,35 +122,19 @@ class _Context:
 # helpers
 
 
-def _save(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
 def _load(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def _stratified(images: ImageSet, n: int | None, seed: int) -> ImageSet:
-    if n is None or n >= len(images):
-        return images
-    if n < images.num_classes:
-        raise ValueError(f"a subset of {n} images cannot hold all {images.num_classes} classes")
-    return images.split(n / len(images), seed=seed)[0]
+    return ckpt.read(path, what="stage result")
 
 
 def _load_data(cfg: Config) -> _Data:
-    train_set, test_set = load_dataset(cfg.data, cfg.data_root)
-    train_set = _stratified(train_set, cfg.train_subset, cfg.seed)
-    test_set = _stratified(test_set, cfg.test_subset, cfg.seed)
+    train_set, test_set = load_dataset(cfg.data, cfg.data_root, progress=cfg.progress)
+    if cfg.train_subset is not None:
+        train_set = train_set.first_per_class(cfg.train_subset)
+    if cfg.test_subset is not None:
+        test_set = test_set.first_per_class(cfg.test_subset)
     val, fit = train_set.split(cfg.val_fraction, seed=cfg.seed)
     if len(val) == 0 or len(fit) == 0:
-        raise ValueError(f"the validation split of {len(train_set)} images is empty on one side; use more images")
+        raise DataError(f"the validation split of {len(train_set)} images is empty on one side; use more images")
     desc = (f"{cfg.data}{' (' + cfg.data_root + ')' if cfg.data_root else ''}: {len(fit)} train / {len(val)} "
             f"validation (stratified {cfg.val_fraction:.0%} of the train split) / {len(test_set)} test images, "
             f"{train_set.num_classes} classes, {tuple(train_set.images.shape[1:])}")
@@ -161,37 +150,13 @@ def _check_config(out: Path, cfg: Config) -> None:
         changed = {k: (saved.get(k), v) for k, v in json.loads(json.dumps(current)).items() if saved.get(k) != v}
         if changed:
             details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise ValueError(f"{out} holds a run with other settings ({details}); use another --out")
+            raise CheckpointError(f"{out} holds a run with other settings ({details}); use another --out")
     else:
-        _write_text(path, json.dumps(current, indent=1))
-
-
-class _DeadlineLoader:
-    """A DeviceLoader that checks the deadline whenever kpfast.train starts an epoch (it calls
-    set_epoch first), so classifier training also stops cleanly between epochs."""
-
-    def __init__(self, loader: DeviceLoader, deadline: Deadline, what: str) -> None:
-        self.loader, self.deadline, self.what = loader, deadline, what
-        self.seed = loader.seed  # recorded in kpfast.train's checkpoint settings
-        self._started: float | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        now = time.monotonic()
-        last = now - self._started if self._started is not None else 0.0
-        self.deadline.check(last, f"{self.what} epoch {epoch + 1}")
-        self._started = now
-        self.loader.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter(self.loader)
+        write_json(path, current, indent=1)
 
 
 def _accuracy(model: nn.Module, ctx: _Context, images: torch.Tensor, labels: torch.Tensor) -> float:
-    batches = list(zip(images.split(500), labels.split(500)))
-    return evaluate(model, ctx.normalize, batches, ctx.cfg.device)["accuracy"]
+    return evaluate(model, ctx.normalize, batches(images, labels), ctx.cfg.device)["accuracy"]
 
 
 def grid_indices(labels: torch.Tensor, n: int = GRID_CLASSES) -> torch.Tensor:
@@ -200,23 +165,15 @@ def grid_indices(labels: torch.Tensor, n: int = GRID_CLASSES) -> torch.Tensor:
     return torch.tensor(sorted(firsts), dtype=torch.long)
 
 
-def _protect_all(h: nn.Module, images: torch.Tensor, device: str, batch_size: int = 500) -> torch.Tensor:
-    """x' = sigmoid(h(x)) for every image, as float32 on the CPU."""
-    h.eval()
-    with torch.no_grad():
-        return torch.cat([protect(h, images[i:i + batch_size].to(device)).cpu()
-                          for i in range(0, len(images), batch_size)])
-
-
 # ---------------------------------------------------------------------------------------------
 # stages
 
 
 def _train_classifier(ctx: _Context, name: str, epochs: int, seed: int, file: Path) -> tuple[nn.Module, dict]:
     """A classifier on plain images, as ψ in the paper: SGD 0.1/0.9/5e-4, batch 128, LR x0.2
-    at 30/60/80 % of training, ImageNet normalisation, crop + flip; saved to `file`. The final
-    weights are kept (the paper keeps the best validation loss; kpfast.train does not select, and
-    after the schedule's last LR drop the two are close)."""
+    at 30/60/80 % of training, ImageNet normalisation, crop + flip, no label smoothing; saved to
+    `file`. The final weights are kept (the paper keeps the best validation loss; after the
+    schedule's last LR drop the two are close)."""
     cfg, data = ctx.cfg, ctx.data
     model = create_model(name, num_classes=data.train.num_classes, in_channels=data.train.images.shape[1])
     if file.exists():
@@ -225,15 +182,16 @@ def _train_classifier(ctx: _Context, name: str, epochs: int, seed: int, file: Pa
         return model.to(cfg.device).eval(), saved["info"]
     checkpoints = file.with_suffix(".ckpt")
     loader = DeviceLoader(data.fit, cfg.batch_size, device=cfg.device, shuffle=True, augment=True, seed=seed)
-    result = train(model, ctx.normalize, _DeadlineLoader(loader, ctx.deadline, name), epochs=epochs, lr=0.1,
-                   momentum=0.9, weight_decay=5e-4, nesterov=False, schedule="step", device=cfg.device,
-                   checkpoint_dir=checkpoints, resume=True, seed=seed, progress=cfg.progress, log=ctx.log)
+    result = train(model, ctx.normalize, loader, epochs=epochs, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                   nesterov=False, label_smoothing=0.0, schedule="step", device=cfg.device,
+                   checkpoint_dir=checkpoints, resume=True, seed=seed, deadline=ctx.deadline,
+                   progress=cfg.progress, log=ctx.log)
     model.eval()
     info = {"name": name, "epochs": epochs, "seed": seed, "parameters": count_parameters(model),
             "train_loss": result.loss, "train_accuracy": result.accuracy,
             "val_accuracy": _accuracy(model, ctx, data.val.images, data.val.labels),
             "seconds": sum(result.seconds)}  # training time over all calls (a run may resume)
-    _save(file, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "info": info})
+    ckpt.write(file, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "info": info})
     shutil.rmtree(checkpoints, ignore_errors=True)
     return model, info
 
@@ -276,7 +234,7 @@ def transform_stage(ctx: _Context, classifier: nn.Module, features: FeatureExtra
     info = {"classifier": name, "lam": lam, "epochs": cfg.epochs_transform, "width": cfg.width,
             "parameters": count_parameters(h), "history": result.history, "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss, "seconds": sum(row["seconds"] for row in result.history)}
-    _save(file, {"state_dict": {k: v.cpu() for k, v in h.state_dict().items()}, "config": h.config(), "info": info})
+    ckpt.write(file, {"state_dict": {k: v.cpu() for k, v in h.state_dict().items()}, "config": h.config(), "info": info})
     checkpoint.unlink(missing_ok=True)
     return h, info
 
@@ -289,13 +247,13 @@ def eval_stage(ctx: _Context, classifier: nn.Module, h: nn.Module, name: str, la
     if file.exists():
         return _load(file)
     began = time.perf_counter()
-    protected = _protect_all(h, test.images, cfg.device)
+    protected = protect_all(h, test.images, cfg.device)
     export_root = ctx.out / "export" / key
     if not (export_root / "test").exists():
         export_png(ImageSet(quantize(protected), test.labels, test.classes), export_root, "test", progress=cfg.progress)
     reloaded = load_png(export_root, "test")
     if not torch.equal(reloaded.images, quantize(protected)) or not torch.equal(reloaded.labels, test.labels):
-        raise RuntimeError(f"{export_root}/test does not hold this run's protected test images")
+        raise DataError(f"{export_root}/test does not hold this run's protected test images; remove it to export again")
     per_image = image_metrics(reloaded.images, test.images)
     result = {
         "classifier": name, "lam": lam,
@@ -307,7 +265,7 @@ def eval_stage(ctx: _Context, classifier: nn.Module, h: nn.Module, name: str, la
         "grid": reloaded.images[grid_indices(test.labels)].clone(),
         "seconds": time.perf_counter() - began,
     }
-    _save(file, result)
+    ckpt.write(file, result)
     return result
 
 
@@ -318,7 +276,7 @@ def attack_stage(ctx: _Context, h: nn.Module, key: str, attack: str) -> dict:
         return _load(file)
     # The attacker holds h_θ (clients do), so protects its own plain images; the 8-bit values
     # are exactly those of the PNGs a client would send (the export round trip is exact).
-    protected_train = ImageSet(quantize(_protect_all(h, data.train.images, cfg.device)), data.train.labels,
+    protected_train = ImageSet(quantize(protect_all(h, data.train.images, cfg.device)), data.train.labels,
                                data.train.classes)
     protected_test = load_png(ctx.out / "export" / key, "test").images
     common = dict(device=cfg.device, seed=cfg.seed, deadline=ctx.deadline, progress=cfg.progress, log=ctx.log,
@@ -333,9 +291,9 @@ def attack_stage(ctx: _Context, h: nn.Module, key: str, attack: str) -> dict:
                                epochs=cfg.epochs_gan, width=cfg.gan_width, **common)
         label = f"GAN attack (unpaired, U-Net width {cfg.gan_width:g}, {cfg.epochs_gan} epochs)"
     else:
-        raise ValueError(f"unknown attack {attack!r}; expected 'itn' or 'gan'")
+        raise ConfigError(f"unknown attack {attack!r}; expected 'itn' or 'gan'")
     out = _attack_record(result, label, grid_indices(data.test.labels))
-    _save(file, out)
+    ckpt.write(file, out)
     file.with_suffix(".ckpt").unlink(missing_ok=True)
     return out
 
@@ -352,6 +310,7 @@ def _attack_record(result: AttackResult, label: str, grid: torch.Tensor) -> dict
 
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or continue) the experiment; returns the results written to `out/results.json`."""
+    resolve_device(cfg.device)  # a device this torch cannot use fails before anything is written
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)
@@ -360,7 +319,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     began = time.perf_counter()
     data = _load_data(cfg)
     log(f"data: {data.description}")
-    ctx = _Context(cfg, out, data, Normalize(IMAGENET_MEAN, IMAGENET_STD).to(cfg.device), deadline, log)
+    ctx = _Context(cfg, out, data, Normalize(IMAGENET.mean, IMAGENET.std).to(cfg.device), deadline, log)
     features = feature_stage(ctx)
     log(f"feature extractor F: {features.describe()}")
 
@@ -395,10 +354,9 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
 def _results(ctx: _Context, features: FeatureExtractor, classifiers: dict, transforms: dict, evals: dict,
              attacks: dict, blur: dict, main_key: str) -> dict[str, Any]:
     cfg = ctx.cfg
-    device = torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else platform.processor() or "cpu"
     return {
         "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
-        "device": f"{cfg.device} ({device}), torch {torch.__version__}",
+        "device": f"{cfg.device} ({device_name(cfg.device)}), torch {torch.__version__}",
         "data": ctx.data.description,
         "feature_extractor": features.describe(),
         "ssim": f"torchmetrics structural_similarity_index_measure, {SSIM_WINDOW}x{SSIM_WINDOW} uniform window, "
@@ -434,45 +392,41 @@ def format_markdown(results: dict[str, Any]) -> str:
         "- accuracy: top-1 of the plain-trained ψ; 'PNG' = the protected images saved as 8-bit PNG and reloaded",
         "",
         f"## Accuracy, plain vs protected (λ = {cfg['lam']:g})", "",
-        "| classifier | plain | protected (float) | protected (PNG) | SSIM(x', x) mean / median | PSNR(x', x) dB mean / median |",
-        "|---|---|---|---|---|---|",
     ]
     runs = results["runs"]
-    for r in runs.values():
-        if r["lam"] == cfg["lam"]:
-            a = r["accuracy"]
-            lines.append(f"| {r['classifier']} | {a['plain']:.2%} | {a['protected_float']:.2%} | {a['protected_png']:.2%} "
-                         f"| {_fmt(r['metrics']['ssim'])} | {_fmt(r['metrics']['psnr'], 2)} |")
+    lines += markdown_table(
+        ["classifier", "plain", "protected (float)", "protected (PNG)", "SSIM(x', x) mean / median",
+         "PSNR(x', x) dB mean / median"],
+        ([r["classifier"], f"{r['accuracy']['plain']:.2%}", f"{r['accuracy']['protected_float']:.2%}",
+          f"{r['accuracy']['protected_png']:.2%}", _fmt(r["metrics"]["ssim"]), _fmt(r["metrics"]["psnr"], 2)]
+         for r in runs.values() if r["lam"] == cfg["lam"]))
     blur = results["blur_reference"]
     lines += ["", f"Reference: a mild 3x3 box blur of x has SSIM {_fmt(blur['ssim'])} and PSNR {_fmt(blur['psnr'], 2)} dB "
               "(mean / median).", ""]
     first = cfg["classifiers"][0]
     sweep = sorted((r for r in runs.values() if r["classifier"] == first), key=lambda r: r["lam"])
-    lines += [f"## λ trade-off ({first})", "",
-              "| λ | accuracy protected (PNG) | SSIM(x', x) mean / median | PSNR(x', x) dB mean / median "
-              "| val CE | val feature distance | best epoch |",
-              "|---|---|---|---|---|---|---|"]
-    for r in sweep:
-        v = r["final_val"] or {}
-        lines.append(f"| {r['lam']:g} | {r['accuracy']['protected_png']:.2%} | {_fmt(r['metrics']['ssim'])} "
-                     f"| {_fmt(r['metrics']['psnr'], 2)} | {v.get('val_ce', float('nan')):.3f} "
-                     f"| {v.get('val_feat', float('nan')):.3g} | {r['best_epoch']}/{r['epochs']} |")
+    lines += [f"## λ trade-off ({first})", ""]
+    lines += markdown_table(
+        ["λ", "accuracy protected (PNG)", "SSIM(x', x) mean / median", "PSNR(x', x) dB mean / median", "val CE",
+         "val feature distance", "best epoch"],
+        ([f"{r['lam']:g}", f"{r['accuracy']['protected_png']:.2%}", _fmt(r["metrics"]["ssim"]),
+          _fmt(r["metrics"]["psnr"], 2), f"{(r['final_val'] or {}).get('val_ce', float('nan')):.3f}",
+          f"{(r['final_val'] or {}).get('val_feat', float('nan')):.3g}", f"{r['best_epoch']}/{r['epochs']}"]
+         for r in sweep))
     main = next(iter(results["attacks"].values()))["target"] if results["attacks"] else None
     if main:
         r = runs[main]
-        lines += ["", f"## Attacks on the protected test images ({main})", "",
-                  "| images compared with plain x | SSIM mean / median | PSNR dB mean / median |", "|---|---|---|",
-                  f"| protected x' (no attack) | {_fmt(r['metrics']['ssim'])} | {_fmt(r['metrics']['psnr'], 2)} |"]
-        for a in results["attacks"].values():
-            lines.append(f"| {a['label']} | {_fmt(a['metrics']['ssim'])} | {_fmt(a['metrics']['psnr'], 2)} |")
-        lines.append(f"| 3x3 box blur of x (reference) | {_fmt(blur['ssim'])} | {_fmt(blur['psnr'], 2)} |")
-    lines += ["", "## Training time (seconds, summed over calls)", "", "| stage | seconds |", "|---|---|"]
-    for name, info in results["classifiers"].items():
-        lines.append(f"| ψ {name} | {info['seconds']:.0f} |")
-    for key, r in runs.items():
-        lines.append(f"| h_θ {key} | {r['train_seconds']:.0f} |")
-    for a in results["attacks"].values():
-        lines.append(f"| {a['label']} | {a['seconds']:.0f} |")
+        lines += ["", f"## Attacks on the protected test images ({main})", ""]
+        lines += markdown_table(
+            ["images compared with plain x", "SSIM mean / median", "PSNR dB mean / median"],
+            [["protected x' (no attack)", _fmt(r["metrics"]["ssim"]), _fmt(r["metrics"]["psnr"], 2)],
+             *([a["label"], _fmt(a["metrics"]["ssim"]), _fmt(a["metrics"]["psnr"], 2)] for a in results["attacks"].values()),
+             ["3x3 box blur of x (reference)", _fmt(blur["ssim"]), _fmt(blur["psnr"], 2)]])
+    lines += ["", "## Training time (seconds, summed over calls)", ""]
+    lines += markdown_table(["stage", "seconds"], [
+        *([f"ψ {name}", f"{info['seconds']:.0f}"] for name, info in results["classifiers"].items()),
+        *([f"h_θ {key}", f"{r['train_seconds']:.0f}"] for key, r in runs.items()),
+        *([a["label"], f"{a['seconds']:.0f}"] for a in results["attacks"].values())])
     lines += ["", "Pictures: grid.png (plain | protected | restored), ssim_box.png and psnr_box.png "
               "(per-image values over the test set).", ""]
     return "\n".join(lines)
@@ -480,8 +434,8 @@ def format_markdown(results: dict[str, Any]) -> str:
 
 def _report(ctx: _Context, results: dict, evals: dict, attacks: dict, blur: dict, main_key: str) -> None:
     out = ctx.out
-    _write_text(out / "results.json", json.dumps(results, indent=1, default=str))
-    _write_text(out / "results.md", format_markdown(results))
+    write_text(out / "results.json", json.dumps(results, indent=1, default=str))
+    write_text(out / "results.md", format_markdown(results))
     columns, titles = [ctx.data.test.images[grid_indices(ctx.data.test.labels)]], ["plain"]
     for key, e in evals.items():
         columns.append(e["grid"])
@@ -489,8 +443,7 @@ def _report(ctx: _Context, results: dict, evals: dict, attacks: dict, blur: dict
     for a in attacks.values():
         columns.append(a["grid"])
         titles.append(a["name"])
-    grid = image_grid(columns, titles, scale=4)
-    atomic_write(out / "grid.png", lambda f: grid.save(f, format="PNG"))
+    save_grid(out / "grid.png", columns, titles, scale=4)
     for metric, ylabel in (("ssim", "SSIM with plain x"), ("psnr", "PSNR with plain x (dB)")):
         values = {"protected": evals[main_key]["per_image"][metric]}
         values.update({a["name"]: a["per_image"][metric] for a in attacks.values()})

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
-from ..atomic import atomic_write
+from ..atomic import write_json
 from ..data import ImageSet
+from ..errors import DataError, DataNotFoundError, OutputExistsError
+from ..report.imageio import Image
+from ..report.progress import bar
 
 MANIFEST = "manifest.json"
 
@@ -26,10 +27,10 @@ MANIFEST = "manifest.json"
 def export_png(images: ImageSet, root: str | os.PathLike[str], split: str, *, progress: bool = True) -> Path:
     """Write uint8 RGB `images` as PNGs under `root/split/<class>/<index>.png`; returns that folder."""
     if images.images.shape[1] != 3:
-        raise ValueError(f"expected RGB images [N, 3, H, W], got {tuple(images.images.shape)}")
+        raise DataError(f"expected RGB images [N, 3, H, W], got {tuple(images.images.shape)}")
     dest = Path(root) / split
     if dest.exists():
-        raise FileExistsError(f"{dest} exists: remove it to export again")
+        raise OutputExistsError(f"{dest} exists: remove it to export again")
     tmp = dest.with_name(f".{split}.partial")
     shutil.rmtree(tmp, ignore_errors=True)  # left over from an interrupted export
     for name in images.classes:
@@ -37,10 +38,10 @@ def export_png(images: ImageSet, root: str | os.PathLike[str], split: str, *, pr
     pixels = images.images.cpu().permute(0, 2, 3, 1).numpy()
     labels = images.labels.tolist()
     digits = max(5, len(str(len(labels))))
-    for i in tqdm(range(len(labels)), desc=f"export {split}", disable=not progress, leave=False):
+    for i in bar(range(len(labels)), desc=f"export {split}", enabled=progress, leave=False):
         Image.fromarray(pixels[i]).save(tmp / images.classes[labels[i]] / f"{i:0{digits}d}.png")
     manifest = {"count": len(labels), "classes": list(images.classes), "shape": list(images.images.shape[1:])}
-    atomic_write(tmp / MANIFEST, lambda f: f.write(json.dumps(manifest).encode()))
+    write_json(tmp / MANIFEST, manifest)
     os.sync()  # one flush for all files, instead of one fsync per small file
     os.replace(tmp, dest)
     return dest
@@ -52,7 +53,7 @@ def load_png(root: str | os.PathLike[str], split: str) -> ImageSet:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{folder} is not a complete kpfast export (no {MANIFEST})") from None
+        raise DataNotFoundError(f"{folder} is not a complete kpfast export (no {MANIFEST})") from None
     classes = tuple(manifest["classes"])
     n = manifest["count"]
     images = np.zeros((n, *manifest["shape"][1:], manifest["shape"][0]), dtype=np.uint8)
@@ -64,5 +65,5 @@ def load_png(root: str | os.PathLike[str], split: str) -> ImageSet:
                 images[i] = np.asarray(im.convert("RGB"))
             labels[i] = label
     if (labels < 0).any():
-        raise ValueError(f"{folder}: {int((labels < 0).sum())} of {n} images are missing")
+        raise DataError(f"{folder}: {int((labels < 0).sum())} of {n} images are missing")
     return ImageSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), classes)

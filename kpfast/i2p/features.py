@@ -3,7 +3,7 @@
 The paper uses torchvision's ImageNet VGG-16 up to relu2_2 (`vgg16().features[:9]`, a Johnson-
 style perceptual layer). `vgg16_relu2_2` builds those nine layers in plain torch, with the same
 state-dict keys ("0.weight", "0.bias", "2.weight", ... "7.bias"), and loads torchvision's weights
-from a local file: this workplace cannot download them.
+from a local file (kpfast downloads nothing it cannot verify against a checksum).
 
 Fallback when no such file exists (documented deviation from the paper): `early_layers` of a
 separately trained, frozen CIFAR classifier, by default a CIFAR VGG-16-BN cut after its fourth
@@ -18,6 +18,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..engine.checkpoint import read
+from ..errors import ConfigError, DataError, DataNotFoundError
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's name for the ImageNet VGG-16 weights
 _VGG16_RELU2_2 = (64, 64, "M", 128, 128)  # convs (3x3, padding 1) each followed by a ReLU
@@ -69,7 +72,7 @@ def find_vgg16_weights(path: str | os.PathLike[str] | None = None) -> Path | Non
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"VGG-16 weights not found: {path}")
+            raise DataNotFoundError(f"VGG-16 weights not found: {path}")
         return path
     default = default_vgg16_path()
     return default if default.is_file() else None
@@ -81,10 +84,10 @@ def vgg16_relu2_2(weights_path: str | os.PathLike[str] | None = None) -> Feature
     `weights_path` nor `$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth` exists."""
     path = find_vgg16_weights(weights_path)
     if path is None:
-        raise FileNotFoundError(f"no ImageNet VGG-16 weights: pass a path or put {VGG16_FILE} "
+        raise DataNotFoundError(f"no ImageNet VGG-16 weights: pass a path or put {VGG16_FILE} "
                                 f"in {default_vgg16_path().parent}")
     layers = vgg16_layers()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read(path, what="VGG-16 weights file")
     layers.load_state_dict(_features_state(state, layers, path))
     return FeatureExtractor(layers, f"ImageNet VGG-16 relu2_2 (torchvision weights from {path})")
 
@@ -92,16 +95,16 @@ def vgg16_relu2_2(weights_path: str | os.PathLike[str] | None = None) -> Feature
 def _features_state(state: Mapping[str, torch.Tensor], layers: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     """The entries of `layers` from a torchvision VGG-16 state dict, with clear errors."""
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path} does not hold a state dict")
+        raise DataError(f"{path} does not hold a state dict")
     if any(k.startswith("features.") for k in state):
         state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     wanted = layers.state_dict()
     missing = sorted(set(wanted) - set(state))
     if missing:
-        raise ValueError(f"{path} is not a VGG-16 state dict: missing {', '.join(missing)}")
+        raise DataError(f"{path} is not a VGG-16 state dict: missing {', '.join(missing)}")
     for k, v in wanted.items():
         if state[k].shape != v.shape:
-            raise ValueError(f"{path}: {k} has shape {tuple(state[k].shape)}, VGG-16 needs {tuple(v.shape)}")
+            raise DataError(f"{path}: {k} has shape {tuple(state[k].shape)}, VGG-16 needs {tuple(v.shape)}")
     return {k: state[k] for k in wanted}
 
 
@@ -112,7 +115,7 @@ def early_layers(classifier: nn.Module, relus: int = 4, description: str = "") -
     fallback for the ImageNet VGG-16 of the paper."""
     body = getattr(classifier, "features", None)
     if not isinstance(body, nn.Sequential):
-        raise ValueError(f"{type(classifier).__name__} has no `features` Sequential to cut early layers from "
+        raise ConfigError(f"{type(classifier).__name__} has no `features` Sequential to cut early layers from "
                          "(use a VGG-style model, e.g. vgg16_bn or small_cnn)")
     seen = 0
     for i, layer in enumerate(body):
@@ -120,4 +123,4 @@ def early_layers(classifier: nn.Module, relus: int = 4, description: str = "") -
         if seen == relus:
             return FeatureExtractor(body[: i + 1], description or
                                     f"early layers of {type(classifier).__name__} (up to ReLU {relus})")
-    raise ValueError(f"{type(classifier).__name__}.features has only {seen} ReLUs, fewer than {relus}")
+    raise ConfigError(f"{type(classifier).__name__}.features has only {seen} ReLUs, fewer than {relus}")

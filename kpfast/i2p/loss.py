@@ -14,12 +14,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..normalize import to_unit_float
 
 
 def protect(h: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The protected image sigmoid(h(x)) in (0, 1); `x` uint8 or float in [0, 1], never normalised."""
     return torch.sigmoid(h(to_unit_float(x)).float())
+
+
+def protect_all(h: nn.Module, images: torch.Tensor, device: str | torch.device, batch_size: int = 500) -> torch.Tensor:
+    """x' = sigmoid(h(x)) for every image, batch by batch in eval mode, as float32 on the CPU."""
+    h.eval()
+    with torch.no_grad():
+        return torch.cat([protect(h, images[i:i + batch_size].to(device)).cpu()
+                          for i in range(0, len(images), batch_size)])
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +58,7 @@ class TransformLoss(nn.Module):
     def __init__(self, classifier: nn.Module, features: nn.Module, normalize: nn.Module, lam: float) -> None:
         super().__init__()
         if lam < 0:
-            raise ValueError(f"lambda must be >= 0 (it weighs a distance to maximise), got {lam}")
+            raise ConfigError(f"lambda must be >= 0 (it weighs a distance to maximise), got {lam}")
         self.classifier = freeze(classifier)
         self.features = freeze(features)
         self.normalize = normalize

@@ -1,22 +1,23 @@
 """Image-quality metrics between protected or restored images and the plain ones.
 
-SSIM and PSNR come from torchmetrics (`structural_similarity_index_measure`,
+SSIM and PSNR come from torchmetrics (the ``kpfast[i2p]`` extra) (`structural_similarity_index_measure`,
 `peak_signal_noise_ratio`), one value per image, on [0, 1] images (data_range 1.0). SSIM uses a
 7x7 uniform window: scikit-image's default, which the authors' lab used for its box plots
 (torchmetrics' own default is an 11x11 Gaussian; on 32x32 images the two differ slightly).
 """
 from __future__ import annotations
 
-import io
-import os
 import statistics
-from collections.abc import Mapping
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ..atomic import atomic_write
+from ..errors import DataError
+from ..extras import require
 from ..normalize import to_unit_float
+
+_image = require("torchmetrics.functional.image")
+peak_signal_noise_ratio = _image.peak_signal_noise_ratio
+structural_similarity_index_measure = _image.structural_similarity_index_measure
 
 SSIM_WINDOW = 7
 _CHUNK = 1000  # images per call: bounds the memory of SSIM's intermediate maps
@@ -36,7 +37,7 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 def _per_image(images: torch.Tensor, reference: torch.Tensor, fn) -> torch.Tensor:
     if images.shape != reference.shape or images.dim() != 4:
-        raise ValueError(f"expected two image batches [N, C, H, W] of one shape, got "
+        raise DataError(f"expected two image batches [N, C, H, W] of one shape, got "
                          f"{tuple(images.shape)} and {tuple(reference.shape)}")
     out = [fn(to_unit_float(images[i:i + _CHUNK]).double(), to_unit_float(reference[i:i + _CHUNK]).double())
            for i in range(0, len(images), _CHUNK)]
@@ -56,7 +57,7 @@ def summary(values: torch.Tensor) -> dict[str, float]:
     """Mean and median of per-image values."""
     v = values.double().flatten().tolist()
     if not v:
-        raise ValueError("no values to summarise")
+        raise DataError("no values to summarise")
     return {"mean": statistics.fmean(v), "median": statistics.median(v)}
 
 
@@ -64,20 +65,3 @@ def image_metrics(images: torch.Tensor, reference: torch.Tensor) -> dict[str, to
     """{"ssim": [N], "psnr": [N]} of `images` against `reference`."""
     return {"ssim": ssim(images, reference), "psnr": psnr(images, reference)}
 
-
-def box_plot(path: str | os.PathLike[str], values: Mapping[str, torch.Tensor], ylabel: str, title: str = "") -> None:
-    """A box plot PNG, one box per named set of per-image values (written atomically)."""
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, no display needed
-
-    fig = Figure(figsize=(1.6 * len(values) + 2, 4))
-    ax = fig.subplots()
-    data = [torch.nan_to_num(v.double(), posinf=100.0).numpy() for v in values.values()]  # PSNR of identical = inf
-    ax.boxplot(data, showfliers=False)
-    ax.set_xticks(range(1, len(values) + 1), list(values), rotation=15)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))

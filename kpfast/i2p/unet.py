@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError, DataError
+
 LEVELS = 5
 
 
@@ -30,7 +32,7 @@ class UpConv(nn.Sequential):
 def unet_channels(width: float) -> list[int]:
     """Channels per level: 64*width doubling per level (64 ... 1024 at width 1)."""
     if not width > 0:
-        raise ValueError(f"width must be positive, got {width}")
+        raise ConfigError(f"width must be positive, got {width}")
     return [max(1, round(64 * width * 2**i)) for i in range(LEVELS)]
 
 
@@ -51,10 +53,10 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected images [B, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
+            raise DataError(f"expected images [B, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
         step = 2 ** (LEVELS - 1)
         if x.shape[-2] % step or x.shape[-1] % step:
-            raise ValueError(f"image height and width must be divisible by {step}, got {tuple(x.shape[-2:])}")
+            raise DataError(f"image height and width must be divisible by {step}, got {tuple(x.shape[-2:])}")
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else self.pool(x))

@@ -1,14 +1,15 @@
-"""The reference algorithm in plain batched torch: segment the images into block vectors, index
-them, integrate the blocks back, then Normalize (semantics.md §4, the formulation of the authors'
-code). It is the peer kpfast is benchmarked against (``kpfast bench``), kept simple on purpose:
-every step is a full pass over float32 memory."""
+"""The reference-style peer of the benchmarks: the reference algorithm in plain batched torch.
+Segment the images into block vectors, index them, integrate the blocks back, then Normalize
+(docs/semantics.md §4, the formulation of the authors' code). Kept simple on purpose: every step
+is a full pass over float32 memory. Not part of the kpfast package: only the benchmarks (and
+the test that checks it against the numpy reference) use it."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 
-from .keys import KeySet
+from kpfast.keys import KeySet
 
 
 def reference_transform(x: torch.Tensor, keys: KeySet, ops: Sequence[str] = ("shuffle", "negpos", "ffx"),
