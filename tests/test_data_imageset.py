@@ -18,7 +18,7 @@ def test_basics():
 
 
 @pytest.mark.parametrize("images, labels, classes, error", [
-    (torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.int64), ("a",), "uint8"),
+    (torch.zeros(2, 1, 2, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.int64), ("a",), "uint8"),
     (torch.zeros(2, 2, 2, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64), ("a",), "uint8"),
     (torch.zeros(2, 1, 2, 4, dtype=torch.uint8)[..., ::2],
      torch.zeros(2, dtype=torch.int64), ("a",), "contiguous"),

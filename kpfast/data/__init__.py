@@ -47,6 +47,9 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, *, progr
     - "synthetic": generated in code (`make_synthetic`; no root),
     - or the path of an image folder or zip, as a shorthand for "cifar10-folder".
 
+    A folder or zip written by ``kpfast encrypt`` loads as the protected values it holds
+    (`kpfast.data.protected_folder`).
+
     `progress` shows the download and decoding bars of the loaders that have them.
     """
     if name == "cifar10":

@@ -20,6 +20,7 @@ from ..report.imageio import DECODE_ERRORS, Image
 from ..report.progress import bar
 from .cache import cache_dir, load_arrays, save_arrays
 from .imageset import ImageSet
+from .protected_folder import MANIFEST, load_protected_folder
 
 SPLITS = ("train", "test")
 _CACHE_VERSION = 1  # bump when the decoded arrays would change for the same input
@@ -41,11 +42,17 @@ def load_image_folder(path: str | os.PathLike[str], *, mode: Literal["RGB", "L"]
     for a zip, every member's name, size and CRC-32 (its content, wherever the zip lies);
     for a folder, every file's name, size and mtime. Decoding uses `workers` processes
     (default: one per CPU core, at most 8).
+
+    A folder or zip written by ``kpfast encrypt`` (it holds ``kpfast-manifest.json``) is read as
+    the protected values it holds, in the mode it was encrypted in
+    (`kpfast.data.protected_folder.load_protected_folder`).
     """
     if mode not in ("RGB", "L"):
         raise ConfigError(f"mode must be 'RGB' or 'L', got {mode!r}")
     root = Path(path).expanduser()
     listing = _listing(root)
+    if any(name == MANIFEST for name, _ in listing):  # protected codes, not pixels
+        return load_protected_folder(root, listing, cache=cache, cache_root=cache_root, progress=progress)
     tree = _layout(root, [name for name, _ in listing])
 
     cache_file = None

@@ -15,7 +15,9 @@ class ImageSet:
     """Images as contiguous uint8 `[N, C, H, W]`, labels as int64 `[N]`, and class names.
 
     `labels[i]` indexes `classes`. Kept as uint8 on purpose: the block-wise transforms are
-    defined on 8-bit pixels, and uint8 is 4x smaller than float to keep on a device.
+    defined on 8-bit pixels, and uint8 is 4x smaller than float to keep on a device. The one
+    exception is float32 in [0, 1]: protected FFX images read back from a `kpfast encrypt`
+    folder (`kpfast.data.protected_folder`), whose codes (up to 999 levels) no byte holds.
     """
 
     images: torch.Tensor
@@ -24,8 +26,8 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         x, y = self.images, self.labels
-        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
-            raise TypeError(f"images must be a uint8 tensor [N, C, H, W], got {_describe(x)}")
+        if not isinstance(x, torch.Tensor) or x.dtype not in (torch.uint8, torch.float32) or x.dim() != 4:
+            raise TypeError(f"images must be a uint8 (or float32) tensor [N, C, H, W], got {_describe(x)}")
         if not x.is_contiguous():
             raise ValueError("images must be contiguous (call .contiguous() first)")
         if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1:
