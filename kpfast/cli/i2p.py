@@ -19,6 +19,10 @@ For a job with a wall-clock limit (a batch queue, a shared machine), pass --time
 the run stops cleanly between epochs with exit status 3, and the same command continues where it
 stopped; repeat it until it exits with 0. --no-progress leaves the logs only (for log files).
 Every output, including the resumable state, is under --out. Needs the kpfast[i2p] extra.
+
+On several GPUs: torchrun --nproc-per-node 8 -m kpfast i2p run --data cifar10 --device cuda ...
+(--batch-size is the global batch; rank 0 logs and writes; on several machines --out must be on
+a shared file system).
 """
 from __future__ import annotations
 
@@ -84,14 +88,16 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.device import resolve_device
+    from ..engine.distributed import process_group, rank_device
     from ..i2p.experiment import Config, run as run_experiment
 
     options = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
     options["progress"] = not args.no_progress
-    if resolve_device(options["device"]).type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: let cuDNN pick the fastest kernels
-    run_experiment(Config(**options))  # TimeLimitReached: exit status 3, handled with every error
+    with process_group(options["device"]):  # a single process outside torchrun
+        options["device"] = str(rank_device(options["device"]))  # cuda:LOCAL_RANK under torchrun
+        if torch.device(options["device"]).type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: let cuDNN pick the fastest kernels
+        run_experiment(Config(**options))  # TimeLimitReached: exit status 3, handled with every error
     return 0
 
 

@@ -14,12 +14,17 @@ Default 'all': plain and M=4 first, then M=2, 8, 16.
 
 Re-running the same command resumes: finished models are skipped, an interrupted one continues
 from its last epoch. Keys are kept in <out>/keys (mode 0600), never in the results.
+
+On several GPUs: torchrun --nproc-per-node 8 -m kpfast reproduce ... (--batch-size is the global
+batch; rank 0 evaluates and writes; on several machines --out must be on a shared file system,
+as every rank reads each cell's key from <out>/keys).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..engine.distributed import process_group
 from ..errors import Interrupted
 from ..protection.grid import parse_cells, run_grid
 from .options import positive_int
@@ -39,10 +44,13 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cells = parse_cells(args.cells)
-    config = run_config(args, data=args.data)
-    try:
-        run_grid(config, cells, args.out, wrong_keys=args.wrong_keys, save_models=args.save_models)
-    except KeyboardInterrupt as e:  # Ctrl-C: finished models and the last epoch are kept
-        raise Interrupted(f"{e or 'interrupted'}; to continue, run the same command again") from None
-    print(f"wrote {Path(args.out) / 'results.md'} and {Path(args.out) / 'accuracy_vs_block_size.png'}")
+    with process_group(args.device) as ranks:  # a single process outside torchrun
+        config = run_config(args, data=args.data)
+        try:
+            run_grid(config, cells, args.out, wrong_keys=args.wrong_keys, save_models=args.save_models,
+                     sync_batchnorm=args.sync_bn)
+        except KeyboardInterrupt as e:  # Ctrl-C: finished models and the last epoch are kept
+            raise Interrupted(f"{e or 'interrupted'}; to continue, run the same command again") from None
+    if ranks.is_main:
+        print(f"wrote {Path(args.out) / 'results.md'} and {Path(args.out) / 'accuracy_vs_block_size.png'}")
     return 0

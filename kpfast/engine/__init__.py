@@ -1,6 +1,7 @@
 """The training engine every kpfast track runs on: one resumable fit loop (:func:`fit`), its
-checkpoint format, the deadline, the mixed-precision and device policies, rank awareness for
-distributed runs, LR schedules, and classifier training and evaluation on top of the loop.
+checkpoint format, the deadline, the mixed-precision and device policies, rank awareness and
+data-parallel training under torchrun (:mod:`kpfast.engine.distributed`), LR schedules, and
+classifier training and evaluation on top of the loop.
 
 Needs torch and numpy only (progress bars appear when tqdm is installed).
 """

@@ -11,7 +11,12 @@ previous checkpoint in place) and read with ``torch.load(weights_only=True)``::
      "history": [{...}, ...],                  # one row of metrics per completed epoch
      "best": {"epoch", "value", "state"} | None,   # with select="best": the best epoch's modules
      "state": {name: state_dict},              # models, optimizers, schedulers
-     "rng": {"torch", "cuda", "data"}}         # RNG states, so a resumed run ends bit-identical
+     "rng": {"torch", "cuda", "data"},         # RNG states, so a resumed run ends bit-identical
+     "world_size": 2,                          # ranks of the run that saved it (1 outside torchrun)
+     "rng_ranks": [{"torch", "cuda", "data"}, ...]}   # every rank's RNG states ("rng" is rank 0's)
+
+"step" counts global optimizer steps (every rank takes each one), so a checkpoint continues on any
+number of ranks; the last two entries are absent from checkpoints of earlier releases.
 
 It never holds key material: a keyed run identifies its key by ``run["key_fingerprint"]``.
 """
@@ -90,14 +95,19 @@ def check_run(path: str | os.PathLike[str], saved: Mapping[str, Any], current: M
     if expected != actual:
         raise KeyMismatchError(f"cannot resume {os.fspath(path)}: it was trained with key fingerprint {expected}, "
                                f"but the transform's key has fingerprint {actual}")
-    changes = []
-    for name in dict.fromkeys([*saved, *current]):
-        old, new = saved.get(name), current.get(name)
-        if isinstance(old, Mapping) and isinstance(new, Mapping):  # settings: name each changed entry
-            changes += [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in dict.fromkeys([*old, *new])
-                        if old.get(k) != new.get(k)]
-        elif old != new:
-            changes.append(f"{name}: {old!r} -> {new!r}")
+    changes = run_changes(saved, current)
     if changes:
         raise CheckpointError(f"cannot resume {os.fspath(path)}: the run's settings changed ({', '.join(changes)}); "
                               "use the same settings, or another output folder to start a new run")
+
+
+def run_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two run definitions, one "name: old -> new" per changed setting."""
+    changes = []
+    for name in dict.fromkeys([*old, *new]):
+        a, b = old.get(name), new.get(name)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):  # settings: name each changed entry
+            changes += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+        elif a != b:
+            changes.append(f"{name}: {a!r} -> {b!r}")
+    return changes

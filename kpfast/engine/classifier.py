@@ -11,6 +11,11 @@ Reproducibility: `torch.manual_seed(seed)` is called at the start (it drives dro
 global-RNG use). Data order and augmentation come from the loader, which the fit loop replays
 on resume (`set_epoch`, or a checkpointed `loader.generator`), so a resumed run ends
 bit-identical on the CPU.
+
+Distributed (:mod:`kpfast.engine.distributed`): in a job started by torchrun the model trains in
+DistributedDataParallel and the loader yields each rank's share of the global batch
+(``DeviceLoader(..., ranks=Ranks.current())``); ranks other than 0 seed their global RNG with a
+seed of their own (`Ranks.seed`). Evaluation runs on the unwrapped model, on every rank.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from ..errors import ConfigError, DataError
 from .amp import Amp, autocast
 from .deadline import Deadline
 from .device import prefer_channels_last, resolve_device, to_device
+from .distributed import wrap
 from .loop import fit
+from .ranks import Ranks
 from .schedule import SCHEDULES, scheduler
 
 CHECKPOINT_TYPE = "classifier"
@@ -142,6 +149,7 @@ def train(
     deadline: Deadline = Deadline(),
     progress: bool = True,
     log: Callable[[str], None] = print,
+    sync_batchnorm: bool = False,
 ) -> TrainResult:
     """Train `model` on `model(transform(x))` and return it with per-epoch statistics.
 
@@ -150,7 +158,9 @@ def train(
     fingerprint; never the key); `resume=True` continues from it (or starts fresh if absent),
     refusing a different key, transform or settings. `deadline` stops cleanly between epochs.
     progress=False prints nothing; otherwise tqdm shows each epoch and `log` gets a one-line
-    summary per epoch.
+    summary per epoch. In a distributed job `model` is trained through DistributedDataParallel
+    (`sync_batchnorm`: global BatchNorm statistics, CUDA only) and the loader must be sharded for
+    the job's ranks.
     """
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}")
@@ -161,10 +171,16 @@ def train(
     except TypeError:
         raise ConfigError("train_loader must have a len() (the LR schedule needs the number of steps)") from None
     device = resolve_device(device)
-    torch.manual_seed(seed)
+    ranks = Ranks.current()
+    sharded = getattr(train_loader, "ranks", ranks)
+    if (sharded.rank, sharded.world_size) != (ranks.rank, ranks.world_size):
+        raise ConfigError(f"the training loader is sharded for {sharded.world_size} rank(s) but this job has "
+                          f"{ranks.world_size}: build it with ranks=Ranks.current()")
+    torch.manual_seed(ranks.seed(seed))
     to_device(model, device)
     transform.to(device)
-    net = torch.compile(model) if compile else model
+    trained = wrap(model, device, ranks, sync_batchnorm=sync_batchnorm)
+    net = torch.compile(trained) if compile else trained
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                                 nesterov=nesterov)
     lr_schedule = scheduler(optimizer, max(1, epochs * steps_per_epoch), schedule)
@@ -185,7 +201,8 @@ def train(
         return {"loss": loss.detach(), "accuracy": (logits.argmax(1) == y).float().mean()}
 
     def validate() -> dict[str, float]:
-        return {"eval_accuracy": evaluate(net, transform, eval_loader, device, amp=amp)["accuracy"]}
+        return {"eval_accuracy": evaluate(net if trained is model else model, transform, eval_loader, device,
+                                          amp=amp)["accuracy"]}
 
     settings = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov,
                 "label_smoothing": label_smoothing, "schedule": schedule, "steps_per_epoch": steps_per_epoch,

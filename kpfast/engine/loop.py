@@ -18,8 +18,14 @@ optimizers, schedulers). The loop owns the rest:
 * epoch metrics: the step's values averaged over the epoch's images, plus `validate()`'s;
 * the last state, or with ``select="best"`` the modules of the epoch with the lowest
   ``row[monitor]``;
-* rank awareness (:class:`~kpfast.engine.ranks.Ranks`): rank 0 logs, shows bars and writes, the
-  others wait at a barrier after each write; metrics are summed over ranks.
+* rank awareness (:class:`~kpfast.engine.ranks.Ranks`, :mod:`kpfast.engine.distributed`): before
+  the first step every rank must hold the same `run` (the same key fingerprint and settings);
+  rank 0 logs, shows bars, reads and writes the checkpoint (its content reaches the other ranks
+  over the process group, so only rank 0 needs the file), and decides for all when to stop or
+  save; metrics are summed over ranks. The checkpoint records the global step, the world size
+  and every rank's RNG states: a run resumes on any number of ranks (bit-identical on the CPU
+  with the same number), each rank taking its own saved RNG state or, beyond those saved, a
+  fresh one derived from the step.
 
 Modules in `state` are put in train mode at the start of every epoch; `validate` sets the modes
 it needs and restores them (see :func:`eval_mode`).
@@ -90,26 +96,30 @@ def fit(
     data_gen = _generator(loader)
     modules = {name: m for name, m in state.items() if isinstance(m, nn.Module)}
     result, best = FitResult(), _Best(select, monitor)
+    ranks.check_same_run(run)  # a rank with another key stops the job here, before any step
 
     def save(epochs_done: int) -> None:
-        if ranks.is_main:
-            ckpt.write(path, {
-                "format": ckpt.FORMAT, "version": ckpt.VERSION, "type": kind, "run": run,
-                "epoch": epochs_done, "epochs": epochs, "step": epochs_done * steps, "history": result.history,
-                "best": best.checkpoint(), "state": {name: _cpu(obj.state_dict()) for name, obj in state.items()},
-                "rng": _rng_state(data_gen)})
-        ranks.barrier()
+        rng = ranks.all_gather(_rng_state(data_gen, ranks))
+        ranks.from_main(lambda: ranks.is_main and ckpt.write(path, {  # a failed write stops every rank
+            "format": ckpt.FORMAT, "version": ckpt.VERSION, "type": kind, "run": run,
+            "epoch": epochs_done, "epochs": epochs, "step": epochs_done * steps, "history": result.history,
+            "best": best.checkpoint(), "state": {name: _cpu(obj.state_dict()) for name, obj in state.items()},
+            "rng": rng[0], "world_size": ranks.world_size, "rng_ranks": rng}))
 
     start = 0
-    if resume and path is not None and path.exists():
-        start = _restore(path, kind, run, state, result, best, data_gen)
-        say(f"{desc}: resuming from {path} after epoch {start}/{epochs}")
+    if resume and path is not None:
+        previous = ranks.from_main(lambda: _read(path, kind, run) if path.exists() else None)
+        if previous is not None:
+            start = _restore(previous, path, state, result, best, data_gen, ranks)
+            say(f"{desc}: resuming from {path} after epoch {start}/{epochs}"
+                + (f" (saved by {previous.get('world_size', 1)} rank(s), continued by {ranks.world_size})"
+                   if previous.get("world_size", 1) != ranks.world_size else ""))
     saved, saved_at, last_seconds = start, time.monotonic(), 0.0
     epoch = start
     try:
         for epoch in range(start, epochs):
-            try:
-                deadline.check(last_seconds, f"{desc} {epoch + 1}")
+            try:  # rank 0's clock decides for every rank
+                ranks.from_main(lambda: deadline.check(last_seconds, f"{desc} {epoch + 1}"))
             except TimeLimitReached:
                 if path is not None and saved < epoch:  # keep this call's progress
                     save(epoch)
@@ -126,9 +136,11 @@ def fit(
             row = meter.means(ranks)
             row.update(validate() if validate is not None else {})
             row["seconds"] = last_seconds = time.perf_counter() - began
+            due = path is not None and (epoch + 1 == epochs or time.monotonic() - saved_at >= save_every)
+            row, due = ranks.broadcast((row, due))  # one history, one best epoch, one save decision
             result.history.append(row)
             best.update(epoch + 1, row, modules)
-            if path is not None and (epoch + 1 == epochs or time.monotonic() - saved_at >= save_every):
+            if due:
                 save(epoch + 1)
                 saved, saved_at = epoch + 1, time.monotonic()
             say(f"{desc} {epoch + 1}/{epochs}  {describe(row)}")
@@ -137,6 +149,8 @@ def fit(
                 else "nothing was saved (this run has no checkpoint)")
         raise Interrupted(f"interrupted during {desc} {epoch + 1}/{epochs}; {kept}") from None
     best.restore(modules)
+    for module in modules.values():
+        ranks.share_buffers(module)
     result.best_epoch, result.best_value = best.epoch, best.value
     return result
 
@@ -210,11 +224,16 @@ class _Best:
                 module.load_state_dict(self.state[name])
 
 
-def _restore(path: Path, kind: str, run: Mapping[str, Any], state: Mapping[str, Any], result: FitResult,
-             best: _Best, data_gen: torch.Generator | None) -> int:
-    """Load the checkpoint (once) into the live objects; returns the number of epochs done."""
+def _read(path: Path, kind: str, run: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint at `path`, checked to continue `run`."""
     saved = ckpt.load(path, kind)
     ckpt.check_run(path, saved["run"], run)
+    return saved
+
+
+def _restore(saved: Mapping[str, Any], path: Path, state: Mapping[str, Any], result: FitResult, best: _Best,
+             data_gen: torch.Generator | None, ranks: Ranks) -> int:
+    """Load a checkpoint into the live objects; returns the number of epochs done."""
     if (saved["rng"]["data"] is None) != (data_gen is None):
         raise CheckpointError(f"cannot resume {path}: the loader's generator was "
                               f"{'lost' if data_gen is None else 'added'}")
@@ -225,17 +244,28 @@ def _restore(path: Path, kind: str, run: Mapping[str, Any], state: Mapping[str, 
         obj.load_state_dict(saved["state"][name])
     result.history = [dict(row) for row in saved["history"]]
     best.load(saved["best"])
-    torch.set_rng_state(saved["rng"]["torch"])
-    cuda = saved["rng"]["cuda"]
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
     if data_gen is not None:
-        data_gen.set_state(saved["rng"]["data"])
+        data_gen.set_state(saved["rng"]["data"])  # the data order is the same on every rank: rank 0's
+    states = saved.get("rng_ranks") or [saved["rng"]]
+    if ranks.rank >= len(states):  # more ranks than saved ones: a fresh stream of this rank's own
+        torch.manual_seed(ranks.seed(int(saved["step"])))
+        return int(saved["epoch"])
+    rng = states[ranks.rank]
+    torch.set_rng_state(rng["torch"])
+    cuda = rng["cuda"]
+    if cuda is not None and torch.cuda.is_available():
+        if ranks.distributed and len(cuda) == 1:
+            torch.cuda.set_rng_state(cuda[0])  # this rank's GPU
+        elif not ranks.distributed and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
     return int(saved["epoch"])
 
 
-def _rng_state(data_gen: torch.Generator | None) -> dict[str, Any]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+def _rng_state(data_gen: torch.Generator | None, ranks: Ranks) -> dict[str, Any]:
+    cuda = None
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # One process per GPU: its own GPU only (reading the others would open a context on each).
+        cuda = [torch.cuda.get_rng_state()] if ranks.distributed else torch.cuda.get_rng_state_all()
     return {"torch": torch.get_rng_state(), "cuda": cuda, "data": data_gen.get_state() if data_gen is not None else None}
 
 

@@ -21,6 +21,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ..data import DeviceLoader, ImageSet
 from ..engine import Amp, Deadline, autocast, fit, resolve_device
+from ..engine.distributed import wrap
+from ..engine.ranks import Ranks
 from ..errors import DataError
 from .loss import protect, protect_all, quantize
 from .metrics import image_metrics, summary
@@ -76,7 +78,8 @@ def inverse_network_attack(
         return {"loss": F.mse_loss(restored, x[:, 3:].float() / 255)}
 
     # padding 0: the crop is the identity, only the (joint) flip remains, as in the paper.
-    loader = DeviceLoader(train, batch_size, device=device, shuffle=True, augment=True, seed=seed, padding=0)
+    loader = DeviceLoader(train, batch_size, device=device, shuffle=True, augment=True, seed=seed, padding=0,
+                          ranks=Ranks.current())
     net = UNet(width=width)
     fitted = train_net(net, step, loader, DeviceLoader(val, 2 * batch_size, device=device, shuffle=False),
                        epochs=epochs, device=device, seed=seed, desc=kwargs.pop("desc", "ITN attack"), **kwargs)
@@ -152,27 +155,32 @@ def gan_attack(
     order = torch.randperm(len(protected_train), generator=torch.Generator().manual_seed(seed))
     sources = protected_train.subset(order[:half])
     targets = plain_train.subset(order[half:2 * half])
-    torch.manual_seed(seed)
+    ranks = Ranks.current()
+    torch.manual_seed(seed)  # the same initial weights on every rank
     gen, disc = UNet(width=width).to(device), PatchDiscriminator().to(device)
+    if ranks.distributed:  # each rank its own global RNG stream from here
+        torch.manual_seed(ranks.seed(seed))
+    gen_trained, disc_trained = wrap(gen, device, ranks), wrap(disc, device, ranks)  # DDP under torchrun
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=betas)
     pairs = _Pairs(
-        DeviceLoader(sources, batch_size, device=device, shuffle=True, augment=True, seed=seed, padding=0, drop_last=True),
+        DeviceLoader(sources, batch_size, device=device, shuffle=True, augment=True, seed=seed, padding=0, drop_last=True,
+                     ranks=ranks),
         DeviceLoader(targets, batch_size, device=device, shuffle=True, augment=True, seed=seed + 1, padding=0,
-                     drop_last=True))
+                     drop_last=True, ranks=ranks))
     if len(pairs) < 1:
         raise DataError(f"the GAN attack needs at least {2 * batch_size} training images for batch size {batch_size}")
 
     def step(batch) -> dict[str, torch.Tensor]:
         (x_protected, _), (x_plain, _) = batch
         with autocast(device, amp):
-            fake = protect(gen, x_protected)
-            d_loss = (_bce(disc(x_plain.float() / 255), True) + _bce(disc(fake.detach()), False)) / 2
+            fake = protect(gen_trained, x_protected)
+            d_loss = (_bce(disc_trained(x_plain.float() / 255), True) + _bce(disc_trained(fake.detach()), False)) / 2
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
         with autocast(device, amp):
-            g_loss = _bce(disc(fake), True)  # pure adversarial loss: no pairs to compare with
+            g_loss = _bce(disc_trained(fake), True)  # pure adversarial loss: no pairs to compare with
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()

@@ -14,6 +14,10 @@ Stages, each skipped when its output file exists under `out/`:
 Training stages save resumable state (every epoch for the classifiers, every CHECKPOINT_EVERY
 seconds for the U-Nets, and always before stopping); with `time_limit` the run stops cleanly
 between epochs (`TimeLimitReached`) and the same command continues where it stopped.
+
+Under torchrun every rank trains each network (data-parallel, kpfast.engine.distributed); rank 0
+decides which stages are done, evaluates, exports, writes every file and logs. On several
+machines `out` must be on a file system they share (every rank reads the stages' results).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ from ..data.stats import IMAGENET
 from ..engine import Deadline, default_device, device_name, evaluate, resolve_device, train
 from ..engine.classifier import batches
 from ..engine import checkpoint as ckpt
+from ..engine.ranks import Ranks
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import create_model
 from ..normalize import Normalize
@@ -116,6 +121,15 @@ class _Context:
     normalize: nn.Module
     deadline: Deadline
     log: Callable[[str], None]
+    ranks: Ranks
+
+    def done(self, file: Path) -> bool:
+        """Whether a stage's output exists, as rank 0 sees it (every rank then does the same)."""
+        return self.ranks.from_main(file.exists)
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` on rank 0 (writing or evaluating), its result on every rank."""
+        return self.ranks.from_main(fn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,12 +190,13 @@ def _train_classifier(ctx: _Context, name: str, epochs: int, seed: int, file: Pa
     schedule's last LR drop the two are close)."""
     cfg, data = ctx.cfg, ctx.data
     model = create_model(name, num_classes=data.train.num_classes, in_channels=data.train.images.shape[1])
-    if file.exists():
+    if ctx.done(file):
         saved = _load(file)
         model.load_state_dict(saved["state_dict"])
         return model.to(cfg.device).eval(), saved["info"]
     checkpoints = file.with_suffix(".ckpt")
-    loader = DeviceLoader(data.fit, cfg.batch_size, device=cfg.device, shuffle=True, augment=True, seed=seed)
+    loader = DeviceLoader(data.fit, cfg.batch_size, device=cfg.device, shuffle=True, augment=True, seed=seed,
+                          ranks=ctx.ranks)
     result = train(model, ctx.normalize, loader, epochs=epochs, lr=0.1, momentum=0.9, weight_decay=5e-4,
                    nesterov=False, label_smoothing=0.0, schedule="step", device=cfg.device,
                    checkpoint_dir=checkpoints, resume=True, seed=seed, deadline=ctx.deadline,
@@ -191,8 +206,9 @@ def _train_classifier(ctx: _Context, name: str, epochs: int, seed: int, file: Pa
             "train_loss": result.loss, "train_accuracy": result.accuracy,
             "val_accuracy": _accuracy(model, ctx, data.val.images, data.val.labels),
             "seconds": sum(result.seconds)}  # training time over all calls (a run may resume)
-    ckpt.write(file, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "info": info})
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    ctx.on_main(lambda: (ckpt.write(file, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                                           "info": info}),
+                         shutil.rmtree(checkpoints, ignore_errors=True)))
     return model, info
 
 
@@ -221,7 +237,7 @@ def transform_stage(ctx: _Context, classifier: nn.Module, features: FeatureExtra
     key = run_key(name, lam)
     file = ctx.out / "transforms" / f"{key}.pt"
     h = UNet(width=cfg.width)
-    if file.exists():
+    if ctx.done(file):
         saved = _load(file)
         h.load_state_dict(saved["state_dict"])
         return h.to(cfg.device).eval(), saved["info"]
@@ -234,8 +250,9 @@ def transform_stage(ctx: _Context, classifier: nn.Module, features: FeatureExtra
     info = {"classifier": name, "lam": lam, "epochs": cfg.epochs_transform, "width": cfg.width,
             "parameters": count_parameters(h), "history": result.history, "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss, "seconds": sum(row["seconds"] for row in result.history)}
-    ckpt.write(file, {"state_dict": {k: v.cpu() for k, v in h.state_dict().items()}, "config": h.config(), "info": info})
-    checkpoint.unlink(missing_ok=True)
+    ctx.on_main(lambda: (ckpt.write(file, {"state_dict": {k: v.cpu() for k, v in h.state_dict().items()},
+                                           "config": h.config(), "info": info}),
+                         checkpoint.unlink(missing_ok=True)))
     return h, info
 
 
@@ -272,7 +289,7 @@ def eval_stage(ctx: _Context, classifier: nn.Module, h: nn.Module, name: str, la
 def attack_stage(ctx: _Context, h: nn.Module, key: str, attack: str) -> dict:
     cfg, data = ctx.cfg, ctx.data
     file = ctx.out / "attacks" / f"{key}-{attack}.pt"
-    if file.exists():
+    if ctx.done(file):
         return _load(file)
     # The attacker holds h_θ (clients do), so protects its own plain images; the 8-bit values
     # are exactly those of the PNGs a client would send (the export round trip is exact).
@@ -293,8 +310,7 @@ def attack_stage(ctx: _Context, h: nn.Module, key: str, attack: str) -> dict:
     else:
         raise ConfigError(f"unknown attack {attack!r}; expected 'itn' or 'gan'")
     out = _attack_record(result, label, grid_indices(data.test.labels))
-    ckpt.write(file, out)
-    file.with_suffix(".ckpt").unlink(missing_ok=True)
+    ctx.on_main(lambda: (ckpt.write(file, out), file.with_suffix(".ckpt").unlink(missing_ok=True)))
     return out
 
 
@@ -311,15 +327,17 @@ def _attack_record(result: AttackResult, label: str, grid: torch.Tensor) -> dict
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or continue) the experiment; returns the results written to `out/results.json`."""
     resolve_device(cfg.device)  # a device this torch cannot use fails before anything is written
+    ranks = Ranks.current()
+    if not ranks.is_main:  # rank 0 speaks for the job
+        log, cfg = (lambda _: None), replace(cfg, progress=False)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, cfg)
     runs = cfg.runs()
+    ranks.from_main(lambda: (out.mkdir(parents=True, exist_ok=True), _check_config(out, cfg)))
     deadline = Deadline.after(cfg.time_limit)
     began = time.perf_counter()
-    data = _load_data(cfg)
+    data = ranks.main_first(lambda: _load_data(cfg))  # rank 0 downloads or decodes, the others read its cache
     log(f"data: {data.description}")
-    ctx = _Context(cfg, out, data, Normalize(IMAGENET.mean, IMAGENET.std).to(cfg.device), deadline, log)
+    ctx = _Context(cfg, out, data, Normalize(IMAGENET.mean, IMAGENET.std).to(cfg.device), deadline, log, ranks)
     features = feature_stage(ctx)
     log(f"feature extractor F: {features.describe()}")
 
@@ -332,7 +350,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     for name, lam in runs:
         key = run_key(name, lam)
         transforms[key] = transform_stage(ctx, classifiers[name][0], features, name, lam)
-        evals[key] = eval_stage(ctx, classifiers[name][0], transforms[key][0], name, lam)
+        evals[key] = ctx.on_main(lambda: eval_stage(ctx, classifiers[name][0], transforms[key][0], name, lam))
         acc = evals[key]["accuracy"]
         log(f"{key}: accuracy plain {acc['plain']:.2%}, protected {acc['protected_png']:.2%} (PNG); "
             f"SSIM(x', x) {evals[key]['metrics']['ssim']['mean']:.3f}")
@@ -346,7 +364,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     blur = image_metrics(blur3(data.test.images), data.test.images)
     results = _results(ctx, features, classifiers, transforms, evals, attacks, blur, main_key)
     results["seconds_this_call"] = time.perf_counter() - began
-    _report(ctx, results, evals, attacks, blur, main_key)
+    ctx.on_main(lambda: _report(ctx, results, evals, attacks, blur, main_key))
     log(f"wrote {out}/results.md, results.json, grid.png, ssim_box.png, psnr_box.png")
     return results
 

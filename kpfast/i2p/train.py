@@ -22,6 +22,8 @@ from torch import nn
 from ..data import DeviceLoader, ImageSet
 from ..engine import Amp, Deadline, autocast, eval_mode, fit, resolve_device, scheduler
 from ..engine.device import to_device
+from ..engine.distributed import wrap
+from ..engine.ranks import Ranks
 from ..errors import DataError, TimeLimitReached
 from .loss import TransformLoss, protect
 
@@ -80,15 +82,16 @@ def train_net(
     of the epoch with the lowest validation loss. Other keys of the dict are logged as means.
     `progress` shows tqdm bars; `log` gets one line per epoch either way."""
     device = resolve_device(device)
-    torch.manual_seed(seed)
+    torch.manual_seed(Ranks.current().seed(seed))
     to_device(net, device)
+    trained = wrap(net, device)  # DistributedDataParallel under torchrun (the loader is sharded)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     lr_schedule = scheduler(optimizer, max(1, epochs * len(train_loader)), "step")
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
         x, y = (t.to(device, non_blocking=True) for t in batch)
         with autocast(device, amp):
-            terms = step_loss(net, x, y)
+            terms = step_loss(trained, x, y)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -130,7 +133,8 @@ def train_transform(
         t = loss(protect(net, x), x, y)
         return {"loss": t.loss, "ce": t.ce, "feat": t.feat, "acc": t.accuracy}
 
-    train_loader = DeviceLoader(train_set, batch_size, device=device, shuffle=True, augment=True, seed=seed)
+    train_loader = DeviceLoader(train_set, batch_size, device=device, shuffle=True, augment=True, seed=seed,
+                                ranks=Ranks.current())
     val_loader = DeviceLoader(val_set, 2 * batch_size, device=device, shuffle=False)
     return train_net(h, step, train_loader, val_loader, epochs=epochs, device=device, seed=seed,
                      desc=kwargs.pop("desc", f"h_θ λ={loss.lam:g}"), **kwargs)

@@ -8,6 +8,9 @@ The out folder is resumable per model:
     checkpoints/<cell>/      an unfinished cell's training checkpoint (removed when it finishes)
     keys/<cell>.key          its key (mode 0600; never copied into any result)
     results.json, results.md, accuracy_vs_block_size.png   rewritten after every model
+
+Under torchrun every rank trains each cell (data-parallel); rank 0 evaluates it and writes
+every file, and decides from its view of the out folder which cells are left.
 """
 from __future__ import annotations
 
@@ -26,12 +29,15 @@ from torch import nn
 
 from ..atomic import write_json, write_text
 from ..data import DeviceLoader, ImageSet
-from ..engine.classifier import DEFAULTS
+from ..engine.classifier import DEFAULTS, TrainResult
 from ..engine.device import device_name
+from ..engine.ranks import Ranks
 from ..errors import CheckpointError, ConfigError
 from ..plan import TRANSFORMS
 from ..report.tables import TRANSFORM_LABELS, duration, markdown_table, percent, plural
+from ..keys import KeySet
 from . import experiment
+from .model import ProtectedModel
 
 BLOCK_SIZES = (4, 2, 8, 16)  # M = 4 first: the setting both papers headline
 
@@ -111,20 +117,34 @@ def time_transform(transform: nn.Module, x: torch.Tensor, repeats: int = 10) -> 
 
 def run_cell(cell: Cell, base: experiment.RunConfig, out: Path, train_set: ImageSet, test_set: ImageSet,
              loader: DeviceLoader, *, wrong_keys: int, save_model: bool = False,
-             progress: bool = True) -> dict[str, Any]:
-    """Train, evaluate and time one cell; returns its record (no key material in it)."""
+             progress: bool = True, sync_batchnorm: bool = False) -> dict[str, Any]:
+    """Train, evaluate and time one cell; returns its record (no key material in it). In a
+    distributed job every rank trains, rank 0 evaluates, and every rank gets the record."""
     config = dataclasses.replace(base, ops=cell.ops, block_size=cell.block_size or base.block_size)
     checkpoints = out / "checkpoints" / cell.name
+    ranks = Ranks.current()
     keys = None
     if cell.ops:
         key_path = out / "keys" / f"{cell.name}.key"
-        if (checkpoints / "last.pt").exists() and not key_path.exists():
-            raise CheckpointError(f"cannot resume {checkpoints}: its key {key_path} is gone; delete the "
-                                  "checkpoint to train this cell again with a fresh key")
+
+        def check_key() -> None:
+            if (checkpoints / "last.pt").exists() and not key_path.exists():
+                raise CheckpointError(f"cannot resume {checkpoints}: its key {key_path} is gone; delete the "
+                                      "checkpoint to train this cell again with a fresh key")
+
+        ranks.from_main(check_key)
         keys, _ = experiment.load_or_create_key(key_path, config.block_size, train_set.images.shape[1])
 
     protected, history = experiment.train_run(config, train_set, keys, checkpoint_dir=checkpoints, resume=True,
-                                       loader=loader, progress=progress)
+                                              loader=loader, progress=progress, sync_batchnorm=sync_batchnorm)
+    return ranks.from_main(lambda: _finish_cell(cell, config, out, protected, keys, history, train_set, test_set,
+                                                loader, wrong_keys=wrong_keys, save_model=save_model))
+
+
+def _finish_cell(cell: Cell, config: experiment.RunConfig, out: Path, protected: ProtectedModel,
+                 keys: KeySet | None, history: TrainResult, train_set: ImageSet, test_set: ImageSet,
+                 loader: DeviceLoader, *, wrong_keys: int, save_model: bool) -> dict[str, Any]:
+    """Evaluate and time a trained cell, and save its model if asked: its record."""
     started = time.perf_counter()
     evaluation = experiment.evaluate_model(protected, keys, test_set, wrong_keys=wrong_keys, device=config.device)
     eval_seconds = time.perf_counter() - started
@@ -133,7 +153,7 @@ def run_cell(cell: Cell, base: experiment.RunConfig, out: Path, train_set: Image
         protected.save(out / "models" / f"{cell.name}.pt")
 
     epoch_seconds = experiment.seconds_per_epoch(history.seconds)
-    transform_seconds = time_transform(protected.transform, loader.images[: config.batch_size])
+    transform_seconds = time_transform(protected.transform, loader.images[: loader.local_batch_size])  # one rank's step
     keyed = keys is not None
     wrong = evaluation["wrong_keys"] if keyed else None
     return {
@@ -166,35 +186,27 @@ def grid_settings(base: experiment.RunConfig, wrong_keys: int) -> dict[str, Any]
     """What makes results comparable: a finished cell is reused only under the same settings.
     The device is left out on purpose (a run may resume on another machine; each record names its own)."""
     d = base.as_dict()
-    for k in ("ops", "block_size", "device", "compile", "data_root"):
+    for k in ("ops", "block_size", "device", "compile", "data_root", "image_size"):
         d.pop(k)
     return {**d, "wrong_keys": wrong_keys}
 
 
 def run_grid(base: experiment.RunConfig, cells: list[Cell], out: str | Path, *, wrong_keys: int = 10,
-             save_models: bool = False, progress: bool = True, log: Callable[[str], None] = print
-             ) -> list[dict[str, Any]]:
+             save_models: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+             sync_batchnorm: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) `cells` into `out`; returns the records of every finished cell in `out`."""
     if wrong_keys < 1:
         raise ConfigError(f"wrong_keys must be at least 1, got {wrong_keys}")
     out = Path(out)
+    ranks = Ranks.current()
+    log = log if ranks.is_main else (lambda _: None)
     settings = grid_settings(base, wrong_keys)
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    (out / "keys").mkdir(exist_ok=True)
-    (out / "keys").chmod(0o700)
-    for cell in cells:  # refuse mixed settings before spending any time
-        record = _load_record(out, cell)
-        if record is not None and record["settings"] != settings:
-            changed = ", ".join(f"{k}: {record['settings'].get(k)!r} -> {v!r}" for k, v in settings.items()
-                                if record["settings"].get(k) != v)
-            raise CheckpointError(f"{out} holds results of other settings ({changed}); use another --out")
-
-    todo = [c for c in cells if _load_record(out, c) is None]
+    todo = ranks.from_main(lambda: _cells_to_do(out, cells, settings))
     for cell in cells:
         if cell not in todo:
             log(f"skipping {cell.name}: finished ({out / 'cells' / (cell.name + '.json')})")
     if todo:
-        train_set, test_set = experiment.load_data(base, progress=progress)
+        train_set, test_set = ranks.main_first(lambda: experiment.load_data(base, progress=progress and ranks.is_main))
         for cell in todo:
             if cell.block_size is not None:
                 experiment.check_block_size(train_set, cell.block_size)
@@ -205,12 +217,34 @@ def run_grid(base: experiment.RunConfig, cells: list[Cell], out: str | Path, *, 
         for i, cell in enumerate(todo, 1):
             log(f"[{i}/{len(todo)}] {cell.name}")
             record = run_cell(cell, base, out, train_set, test_set, loader, wrong_keys=wrong_keys,
-                              save_model=save_models, progress=progress)
+                              save_model=save_models, progress=progress, sync_batchnorm=sync_batchnorm)
             record["settings"] = settings
-            write_json(out / "cells" / f"{cell.name}.json", record)
-            shutil.rmtree(out / "checkpoints" / cell.name, ignore_errors=True)  # the record replaces it
+            ranks.from_main(lambda: _keep_record(out, cell, record))
             log(_summary(record))
-            write_report(out)
+    return ranks.from_main(lambda: _finish_grid(out))
+
+
+def _cells_to_do(out: Path, cells: list[Cell], settings: dict[str, Any]) -> list[Cell]:
+    """Prepare `out` and list the cells without a record, refusing records of other settings."""
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    (out / "keys").mkdir(exist_ok=True)
+    (out / "keys").chmod(0o700)
+    for cell in cells:  # refuse mixed settings before spending any time
+        record = _load_record(out, cell)
+        if record is not None and record["settings"] != settings:
+            changed = ", ".join(f"{k}: {record['settings'].get(k)!r} -> {v!r}" for k, v in settings.items()
+                                if record["settings"].get(k) != v)
+            raise CheckpointError(f"{out} holds results of other settings ({changed}); use another --out")
+    return [c for c in cells if _load_record(out, c) is None]
+
+
+def _keep_record(out: Path, cell: Cell, record: dict[str, Any]) -> None:
+    write_json(out / "cells" / f"{cell.name}.json", record)
+    shutil.rmtree(out / "checkpoints" / cell.name, ignore_errors=True)  # the record replaces it
+    write_report(out)
+
+
+def _finish_grid(out: Path) -> list[dict[str, Any]]:
     write_report(out)
     if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
         (out / "checkpoints").rmdir()  # every cell finished: nothing left to resume
