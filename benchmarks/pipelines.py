@@ -107,7 +107,9 @@ def interleaved(loaders: dict[str, Iterable], rounds: int, report: Callable[[str
 def worker_seconds(root: Path, batch_size: int = 64, repeats: int = 3) -> dict[str, float]:
     """CPU seconds one worker spends on one batch, by part (one thread, as in a DataLoader worker;
     process time, so other jobs on the machine hardly count): decoding and cropping the images,
-    then collating them with the keyed transform into a ring slot, or as ToTensor+Normalize does."""
+    then collating them with the keyed transform into a ring slot (TransformCollate, which stacks
+    into a buffer it keeps; and, for comparison, stacking into a fresh batch), or as
+    ToTensor+Normalize does."""
     images = ImageFolderStream(root, "train", size=CROP)
     keyed = TransformCollate(BlockTransform(KeySet.generate(4), CHAIN, IMAGENET.mean, IMAGENET.std))
     plain = ToTensorNormalize(images, IMAGENET.mean, IMAGENET.std)
@@ -120,6 +122,8 @@ def worker_seconds(root: Path, batch_size: int = 64, repeats: int = 3) -> dict[s
         parts = {
             "decode + crop": lambda: [images[i] for i in range(batch_size)],
             "kpfast: stack + Shuffle+NP+FFX+Normalize into the ring slot": lambda: keyed(samples, out=slot),
+            "the same, stacking into a fresh uint8 batch each time": lambda: keyed.transform(
+                torch.stack([x for x, _ in samples]), out=slot),
             "ToTensor+Normalize per image + default collate": lambda: torch.utils.data.default_collate(
                 [(plain.convert(x), y) for x, y in samples]),
         }

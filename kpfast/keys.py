@@ -1,4 +1,4 @@
-"""Secret keys for the block-wise transforms (shuffle, NP, FFX).
+"""Secret keys for the block-wise transforms (shuffle, NP, FFX, block scrambling).
 
 A :class:`KeySet` holds one independent key per transform for blocks of ``block_size`` x
 ``block_size`` pixels with ``channels`` channels, i.e. ``L = block_size**2 * channels``
@@ -8,19 +8,23 @@ in-block positions (docs/semantics.md §2):
 * ``np_mask``: positions negated by the NP transform;
 * ``ffx_mask`` and ``ffx_lut``: positions encrypted by FFX, and the 256-entry table of FFX codes.
   The table is derived from ``ffx_password`` (see :mod:`kpfast.ffx`) on first use and cached per
-  password; keys made with :meth:`KeySet.from_tables` hold a table and no password.
+  password; keys made with :meth:`KeySet.from_tables` hold a table and no password;
+* optionally ``grid`` and ``block_perm``: the block-scrambling key, a permutation of the
+  ``B = rows * columns`` block locations of images cut into a ``grid = (rows, columns)`` of blocks
+  (output block ``b``, row-major, is input block ``block_perm[b]``; docs/semantics.md §11). It
+  depends on the image size, so a key has one only when asked for (``generate(..., grid=...)``).
 
 Constructors:
 
 * :meth:`KeySet.generate` / :meth:`KeySet.generate_many`: new keys from the OS CSPRNG (uniform
-  permutation, two independent uniform masks, 128-bit password). With ``rng=`` they draw the same
-  distribution from the caller's generator instead: for reproducible experiments only, never for
-  secrets.
+  permutation, two independent uniform masks, 128-bit password, and with ``grid=`` a uniform
+  block permutation). With ``rng=`` they draw the same distribution from the caller's generator
+  instead: for reproducible experiments only, never for secrets.
 * :meth:`KeySet.from_seed`: the reference implementation's keys; its 32-bit seeds are weak.
 * :meth:`KeySet.from_tables`: keys without a password (an estimated FFX table, any injective
   table of codes), usable by every transform.
 * :meth:`replace`, :meth:`swap`, :meth:`flip`: cheap edits for key searches; they reuse the FFX
-  table when the FFX key is unchanged.
+  table when the FFX key is unchanged (``swap(i, j, op="scramble")`` swaps two block locations).
 
 A KeySet is immutable: attributes cannot be reassigned and the tensors it returns must not be
 modified in place (they are returned as stored, without copies, for speed). ``repr``/``str``
@@ -38,13 +42,13 @@ Pickling is allowed only while ``multiprocessing`` starts a process (spawn or fo
 methods, e.g. ``DataLoader`` workers), which hands the keys to a child process and writes nothing.
 ``copy.copy`` and ``copy.deepcopy`` return the same (immutable) object.
 
-Key file format (version 1)
----------------------------
+Key file format (versions 1 and 2)
+----------------------------------
 UTF-8 JSON object with exactly these fields::
 
     {
       "format": "kpfast-keyset",      # fixed magic string
-      "version": 1,                   # format version; only 1 exists
+      "version": 1,                   # 1: no block-scrambling key; 2: with one
       "block_size": 4,                # M >= 1
       "channels": 3,                  # C >= 1, and M*M*C <= MAX_POSITIONS
       "perm": [5, 0, ...],            # L integers, a permutation of 0..L-1
@@ -54,11 +58,20 @@ UTF-8 JSON object with exactly these fields::
       "sha256": "..."                 # checksum, see below
     }
 
+Version 2 has two more fields, the block-scrambling key and the grid it was made for::
+
+      "grid": [8, 8],                 # rows and columns of blocks (the image is 8M x 8M), B = 64 <= MAX_BLOCKS
+      "block_perm": [17, 3, ...],     # B integers, a permutation of 0..B-1
+
+:meth:`KeySet.save` writes the oldest version that holds the key: version 1 for a key without a
+block-scrambling key (so its file, and its fingerprint, are what earlier kpfast wrote), version 2
+for one with it. :meth:`KeySet.load` reads both.
+
 ``sha256`` is the hex SHA-256 of the canonical serialisation of all the other fields:
 ``json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)`` encoded as
 ASCII. It detects accidental edits and corruption; it is not a MAC. Files are written
 atomically with mode 0o600 (owner read/write only), and never over an existing file unless
-``overwrite=True``. Version 1 holds password keys only: keys from :meth:`from_tables` cannot be
+``overwrite=True``. Key files hold password keys only: keys from :meth:`from_tables` cannot be
 saved. :meth:`KeySet.load` reads at most ``MAX_KEY_FILE_BYTES``. A new version adds its field
 list to ``_SCHEMAS`` and its reader to ``_READERS``.
 """
@@ -85,19 +98,23 @@ from .errors import InvalidKeyError, KeyFileError, KeyPicklingError, OutputExist
 from .ffx import cached_ffx_table
 
 __all__ = ["KeySet", "KeyFileError", "InvalidKeyError", "KeyPicklingError", "MAX_POSITIONS",
-           "MAX_KEY_FILE_BYTES"]
+           "MAX_KEY_FILE_BYTES", "MAX_BLOCKS"]
 
 FORMAT_NAME = "kpfast-keyset"
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2  # the newest; keys without a block-scrambling key are still written as version 1
 # Key file fields per version, besides "format", "version" and "sha256".
-_SCHEMAS = {1: ("block_size", "channels", "perm", "np_mask", "ffx_mask", "ffx_password")}
+_V1_FIELDS = ("block_size", "channels", "perm", "np_mask", "ffx_mask", "ffx_password")
+_SCHEMAS = {1: _V1_FIELDS, 2: (*_V1_FIELDS, "grid", "block_perm")}
 SUPPORTED_VERSIONS = tuple(_SCHEMAS)
 _FINGERPRINT_DOMAIN = b"kpfast-keyset-fingerprint-v1\x00"
 
 # L = M*M*C up to 2**20 (e.g. M = 512 with 4 channels, M = 1024 grey): larger keys are surely a
 # mistake (-M 100000 would need 240 GB).
 MAX_POSITIONS = 1 << 20
-# A key file of MAX_POSITIONS positions is about 12 MiB; reading stops a few times beyond.
+# Block locations of a scrambling key: 2**20 is a 4096 x 4096 image in 4 x 4 blocks.
+MAX_BLOCKS = 1 << 20
+# A key file of MAX_POSITIONS positions is about 12 MiB (and as much again for MAX_BLOCKS
+# locations); reading stops a few times beyond.
 MAX_KEY_FILE_BYTES = 64 << 20
 # Codes of a table given to from_tables: 16 bits, as FFX output stored in 16-bit images.
 MAX_FFX_CODE = 65535
@@ -161,11 +178,32 @@ def _check_integers(name: str, value: Any, length: int, hint: str = "") -> torch
 _GEOMETRY = " = (block_size**2 * channels,)"
 
 
-def _check_perm(value: Any, length: int) -> torch.Tensor:
-    perm = _check_integers("perm", value, length, _GEOMETRY)
+def _check_perm(value: Any, length: int, name: str = "perm", hint: str = _GEOMETRY) -> torch.Tensor:
+    perm = _check_integers(name, value, length, hint)
     if not torch.equal(torch.sort(perm).values, torch.arange(length)):
-        raise InvalidKeyError(f"perm is not a permutation of 0..{length - 1}")
+        raise InvalidKeyError(f"{name} is not a permutation of 0..{length - 1}")
     return perm
+
+
+def check_grid(value: Any) -> tuple[int, int]:
+    """``(rows, columns)`` of blocks, both ints >= 1, at most MAX_BLOCKS blocks in all."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise InvalidKeyError(f"grid must be (rows, columns) of blocks, got {value!r}")
+    rows, columns = _positive_int("grid rows", value[0]), _positive_int("grid columns", value[1])
+    if rows * columns > MAX_BLOCKS:
+        raise InvalidKeyError(f"a grid of {rows} x {columns} = {rows * columns} blocks exceeds the limit of "
+                              f"{MAX_BLOCKS} (kpfast.keys.MAX_BLOCKS)")
+    return rows, columns
+
+
+def _check_scramble(grid: Any, block_perm: Any) -> tuple[tuple[int, int] | None, torch.Tensor | None]:
+    """The block-scrambling key: both parts or neither."""
+    if grid is None and block_perm is None:
+        return None, None
+    if grid is None or block_perm is None:
+        raise InvalidKeyError("give grid and block_perm together (the block permutation is made for one grid)")
+    grid = check_grid(grid)
+    return grid, _check_perm(block_perm, grid[0] * grid[1], "block_perm", " = (grid rows * columns,)")
 
 
 def _check_mask(name: str, value: Any, length: int) -> torch.Tensor:
@@ -209,21 +247,24 @@ def _canonical_json(fields: dict[str, Any]) -> bytes:
 
 
 class KeySet:
-    """Immutable set of keys for the shuffle, NP and FFX block transforms (see module docs)."""
+    """Immutable set of keys for the shuffle, NP, FFX and block-scrambling transforms (see module docs)."""
 
     __slots__ = ("_block_size", "_channels", "_perm", "_np_mask", "_ffx_mask", "_password",
-                 "_ffx_lut", "_ffx_inverse_lut", "_fingerprint", "__weakref__")
+                 "_ffx_lut", "_grid", "_block_perm", "_ffx_inverse_lut", "_fingerprint", "__weakref__")
 
     def __init__(self, block_size: int, channels: int, perm: Any, np_mask: Any, ffx_mask: Any,
-                 ffx_password: bytes) -> None:
+                 ffx_password: bytes, *, grid: tuple[int, int] | None = None, block_perm: Any = None) -> None:
         length = num_positions(block_size, channels)
         self._set(block_size, channels, _check_perm(perm, length), _check_mask("np_mask", np_mask, length),
-                  _check_mask("ffx_mask", ffx_mask, length), _check_password(ffx_password), None)
+                  _check_mask("ffx_mask", ffx_mask, length), _check_password(ffx_password), None,
+                  *_check_scramble(grid, block_perm))
 
     def _set(self, block_size: int, channels: int, perm: torch.Tensor, np_mask: torch.Tensor,
-             ffx_mask: torch.Tensor, password: bytes | None, lut: torch.Tensor | None) -> None:
-        """Fill the slots with checked values: a password, or a table (lut) without one."""
-        values = (block_size, channels, perm, np_mask, ffx_mask, password, lut, None, None)
+             ffx_mask: torch.Tensor, password: bytes | None, lut: torch.Tensor | None,
+             grid: tuple[int, int] | None = None, block_perm: torch.Tensor | None = None) -> None:
+        """Fill the slots with checked values: a password, or a table (lut) without one; a grid
+        and block permutation, or neither."""
+        values = (block_size, channels, perm, np_mask, ffx_mask, password, lut, grid, block_perm, None, None)
         for name, value in zip(self.__slots__, values):
             object.__setattr__(self, name, value)
 
@@ -234,10 +275,19 @@ class KeySet:
         keys._set(*args)
         return keys
 
+    def _with(self, **parts: Any) -> KeySet:
+        """A copy with some of the (checked) arguments of :meth:`_set` replaced."""
+        values = dict(block_size=self._block_size, channels=self._channels, perm=self._perm, np_mask=self._np_mask,
+                      ffx_mask=self._ffx_mask, password=self._password, lut=self._ffx_lut, grid=self._grid,
+                      block_perm=self._block_perm)
+        values.update(parts)
+        return self._checked(*values.values())
+
     # --- constructors -------------------------------------------------------------------
 
     @classmethod
-    def generate(cls, block_size: int, channels: int = 3, *, rng: Rng | None = None) -> KeySet:
+    def generate(cls, block_size: int, channels: int = 3, *, grid: tuple[int, int] | None = None,
+                 rng: Rng | None = None) -> KeySet:
         """New random keys from the OS CSPRNG (``secrets``); the global torch/numpy/random
         generators are neither used nor disturbed.
 
@@ -245,38 +295,47 @@ class KeySet:
         FFX password is 16 random bytes; the FFX table is derived on first use.
 
         Args:
+            grid: ``(rows, columns)`` of blocks of the images to scramble (``(H // M, W // M)``):
+                also draw a uniform block-scrambling permutation of the ``rows * columns``
+                locations. Without it the key has no block-scrambling key.
             rng: for evaluation only (reproducible experiments, never secrets): draw the same
                 distribution from this ``numpy.random.Generator``, ``random.Random`` or
                 ``torch.Generator`` instead of the CSPRNG. ``generate(M, C, rng=g)`` equals
                 ``generate_many(1, M, C, rng=g)[0]``.
         """
-        return cls.generate_many(1, block_size, channels, rng=rng)[0]
+        return cls.generate_many(1, block_size, channels, grid=grid, rng=rng)[0]
 
     @classmethod
-    def generate_many(cls, n: int, block_size: int, channels: int = 3, *,
+    def generate_many(cls, n: int, block_size: int, channels: int = 3, *, grid: tuple[int, int] | None = None,
                       rng: Rng | None = None) -> list[KeySet]:
         """``n`` independent keys distributed as :meth:`generate`'s, drawn in bulk (for key searches:
         20,000 keys of 48 positions take a fraction of a second; no FFX table is built).
 
-        Each permutation is the order of L independent random 64-bit numbers (exactly uniform:
-        the rare rows with two equal numbers are drawn again); each mask bit is one random bit.
+        Each permutation (in-block, and of the block locations with ``grid``) is the order of
+        independent random 64-bit numbers (exactly uniform: the rare rows with two equal numbers
+        are drawn again); each mask bit is one random bit.
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise InvalidKeyError(f"n must be an int >= 0, got {n!r}")
         length = num_positions(block_size, channels)
+        grid = None if grid is None else check_grid(grid)
+        blocks = 0 if grid is None else grid[0] * grid[1]
         random_bytes = _byte_source(rng)
         keys: list[KeySet] = []
-        chunk = max(1, (1 << 20) // length)  # bounds the temporary arrays to about 25 MB
+        chunk = max(1, (1 << 20) // (length + blocks))  # bounds the temporary arrays to about 25 MB
         for start in range(0, n, chunk):
             rows = min(chunk, n - start)
             perms = _permutations(rows, length, random_bytes)
             masks = _bit_rows(2 * rows, length, random_bytes)
             passwords = random_bytes(PASSWORD_BYTES * rows)
+            block_perms = _permutations(rows, blocks, random_bytes) if grid is not None else None
             for i in range(rows):
                 # copies: each key owns its storage (a saved tensor never carries the other keys)
+                block_perm = None if block_perms is None else torch.from_numpy(block_perms[i].copy())
                 keys.append(cls._checked(block_size, channels, torch.from_numpy(perms[i].copy()),
                                          torch.from_numpy(masks[i].copy()), torch.from_numpy(masks[rows + i].copy()),
-                                         passwords[PASSWORD_BYTES * i:PASSWORD_BYTES * (i + 1)], None))
+                                         passwords[PASSWORD_BYTES * i:PASSWORD_BYTES * (i + 1)], None,
+                                         grid, block_perm))
         return keys
 
     @classmethod
@@ -301,72 +360,92 @@ class KeySet:
 
     @classmethod
     def from_tables(cls, perm: Any, np_mask: Any, ffx_mask: Any, ffx_lut: Any, *, block_size: int,
-                    channels: int = 3) -> KeySet:
+                    channels: int = 3, grid: tuple[int, int] | None = None, block_perm: Any = None) -> KeySet:
         """Keys without an FFX password: ``ffx_lut`` is the FFX table itself (e.g. estimated by an
         attack): 256 distinct integer codes in [0, 65535]; ``ffx_max`` is its maximum, as for a
         password's table. Every transform accepts such keys; :meth:`save` refuses them (key files
-        hold passwords), and their fingerprint covers the table.
+        hold passwords), and their fingerprint covers the table. ``grid`` and ``block_perm``: a
+        block-scrambling key, as for the constructor.
         """
         length = num_positions(block_size, channels)
         return cls._checked(block_size, channels, _check_perm(perm, length), _check_mask("np_mask", np_mask, length),
-                            _check_mask("ffx_mask", ffx_mask, length), None, _check_lut(ffx_lut))
+                            _check_mask("ffx_mask", ffx_mask, length), None, _check_lut(ffx_lut),
+                            *_check_scramble(grid, block_perm))
 
     # --- edits (for key searches: the FFX table is kept when the FFX key is unchanged) --------
 
     def replace(self, *, perm: Any = None, np_mask: Any = None, ffx_mask: Any = None,
-                ffx_password: bytes | None = None, ffx_lut: Any = None) -> KeySet:
+                ffx_password: bytes | None = None, ffx_lut: Any = None, block_perm: Any = None,
+                grid: tuple[int, int] | None = None) -> KeySet:
         """A copy with the given parts replaced. A new ``ffx_password`` makes a password key, a new
-        ``ffx_lut`` a key without password (as :meth:`from_tables`); give at most one of them."""
+        ``ffx_lut`` a key without password (as :meth:`from_tables`); give at most one of them.
+        A new ``block_perm`` is for the key's grid, or for a new ``grid`` given with it (a key
+        without a block-scrambling key gets one that way)."""
         if ffx_password is not None and ffx_lut is not None:
             raise InvalidKeyError("give ffx_password or ffx_lut, not both")
         L = self.num_positions
-        password, lut = self._password, self._ffx_lut
+        parts: dict[str, Any] = {}
         if ffx_password is not None:
-            password, lut = _check_password(ffx_password), None
+            parts.update(password=_check_password(ffx_password), lut=None)
         elif ffx_lut is not None:
-            password, lut = None, _check_lut(ffx_lut)
-        return self._checked(
-            self._block_size, self._channels,
-            self._perm if perm is None else _check_perm(perm, L),
-            self._np_mask if np_mask is None else _check_mask("np_mask", np_mask, L),
-            self._ffx_mask if ffx_mask is None else _check_mask("ffx_mask", ffx_mask, L),
-            password, lut)
+            parts.update(password=None, lut=_check_lut(ffx_lut))
+        if perm is not None:
+            parts["perm"] = _check_perm(perm, L)
+        for name, mask in (("np_mask", np_mask), ("ffx_mask", ffx_mask)):
+            if mask is not None:
+                parts[name] = _check_mask(name, mask, L)
+        if grid is not None or block_perm is not None:
+            if grid is not None and block_perm is None:
+                raise InvalidKeyError("a new grid needs a new block_perm for it")
+            if grid is None and self._grid is None:
+                raise InvalidKeyError("this key has no block-scrambling key: give the grid with block_perm")
+            parts["grid"], parts["block_perm"] = _check_scramble(self._grid if grid is None else grid, block_perm)
+        return self._with(**parts)
 
-    def swap(self, i: int, j: int) -> KeySet:
-        """A copy whose permutation has entries ``i`` and ``j`` exchanged."""
-        L = self.num_positions
-        i, j = _check_position("i", i, L), _check_position("j", j, L)
-        perm = self._perm.clone()
-        perm[i], perm[j] = self._perm[j], self._perm[i]
-        return self._checked(self._block_size, self._channels, perm, self._np_mask, self._ffx_mask,
-                             self._password, self._ffx_lut)
+    def swap(self, i: int, j: int, op: str = "shuffle") -> KeySet:
+        """A copy whose permutation has entries ``i`` and ``j`` exchanged: the in-block
+        permutation (``op="shuffle"``) or the block permutation (``op="scramble"``)."""
+        if op not in ("shuffle", "scramble"):
+            raise InvalidKeyError(f"op must be 'shuffle' or 'scramble' (the transforms with a permutation), got {op!r}")
+        name = "perm" if op == "shuffle" else "block_perm"
+        current = self._perm if op == "shuffle" else self._required_block_perm()
+        i, j = _check_position("i", i, current.numel()), _check_position("j", j, current.numel())
+        swapped = current.clone()
+        swapped[i], swapped[j] = current[j], current[i]
+        return self._with(**{name: swapped})
 
     def flip(self, op: str, l: int) -> KeySet:  # noqa: E741 (l is the spec's name for a position)
         """A copy with bit ``l`` of the mask of ``op`` (``"negpos"`` or ``"ffx"``) flipped."""
         if op not in ("negpos", "ffx"):
             raise InvalidKeyError(f"op must be 'negpos' or 'ffx' (the transforms with a mask), got {op!r}")
         l = _check_position("l", l, self.num_positions)  # noqa: E741
-        mask = (self._np_mask if op == "negpos" else self._ffx_mask).clone()
+        name = "np_mask" if op == "negpos" else "ffx_mask"
+        mask = getattr(self, name).clone()
         mask[l] = ~mask[l]
-        np_mask, ffx_mask = (mask, self._ffx_mask) if op == "negpos" else (self._np_mask, mask)
-        return self._checked(self._block_size, self._channels, self._perm, np_mask, ffx_mask,
-                             self._password, self._ffx_lut)
+        return self._with(**{name: mask})
 
     def agreement(self, other: KeySet) -> dict[str, float]:
         """How much of ``other`` this key set matches, per part: the fractions of permutation
         positions, of NP and FFX mask bits, and of FFX table entries that are equal (e.g. an
-        estimated key against the true one)."""
+        estimated key against the true one); and of block locations (``"block_perm"``) when both
+        have a block-scrambling key."""
         if not isinstance(other, KeySet):
             raise TypeError(f"agreement needs a KeySet, got {type(other).__name__}")
         if (other.block_size, other.channels) != (self._block_size, self._channels):
             raise InvalidKeyError(f"key sets of different geometry: M={self._block_size}, C={self._channels} "
                                   f"vs M={other.block_size}, C={other.channels}")
+        both = self._grid is not None and other.grid is not None
+        if both and self._grid != other.grid:
+            raise InvalidKeyError(f"block-scrambling keys for different grids: {self._grid} vs {other.grid}")
 
         def equal(a: torch.Tensor, b: torch.Tensor) -> float:
             return (a == b).double().mean().item()
 
-        return {"perm": equal(self._perm, other.perm), "np_mask": equal(self._np_mask, other.np_mask),
-                "ffx_mask": equal(self._ffx_mask, other.ffx_mask), "ffx_lut": equal(self.ffx_lut, other.ffx_lut)}
+        parts = {"perm": equal(self._perm, other.perm), "np_mask": equal(self._np_mask, other.np_mask),
+                 "ffx_mask": equal(self._ffx_mask, other.ffx_mask), "ffx_lut": equal(self.ffx_lut, other.ffx_lut)}
+        if both:
+            parts["block_perm"] = equal(self._block_perm, other.block_perm)
+        return parts
 
     # --- accessors ----------------------------------------------------------------------
 
@@ -397,6 +476,23 @@ class KeySet:
     def ffx_mask(self) -> torch.Tensor:
         """FFX mask, bool [L]. Do not modify."""
         return self._ffx_mask
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """``(rows, columns)`` of blocks the block-scrambling key is for; None without one."""
+        return self._grid
+
+    @property
+    def block_perm(self) -> torch.Tensor | None:
+        """Block-scrambling key, int64 [rows * columns]: output block b (row-major) is input block
+        ``block_perm[b]``; None without one. Do not modify."""
+        return self._block_perm
+
+    def _required_block_perm(self) -> torch.Tensor:
+        if self._block_perm is None:
+            raise InvalidKeyError("this key has no block-scrambling key; make one for images of H x W pixels with "
+                                  "KeySet.generate(M, C, grid=(H // M, W // M))")
+        return self._block_perm
 
     @property
     def ffx_password(self) -> bytes | None:
@@ -431,10 +527,11 @@ class KeySet:
 
     def _fields(self) -> dict[str, Any]:
         """The key material as the JSON fields of the key file (without checksum); a key without
-        password has an "ffx_lut" list instead of "ffx_password" (it is not a valid key file)."""
+        password has an "ffx_lut" list instead of "ffx_password" (it is not a valid key file).
+        Version 1 without a block-scrambling key: the fields (and fingerprint) of earlier kpfast."""
         fields: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "version": CURRENT_VERSION,
+            "version": 1 if self._grid is None else 2,
             "block_size": self._block_size,
             "channels": self._channels,
             "perm": self._perm.tolist(),
@@ -445,6 +542,9 @@ class KeySet:
             fields["ffx_lut"] = self._ffx_lut.tolist()
         else:
             fields["ffx_password"] = self._password.hex()
+        if self._grid is not None:
+            fields["grid"] = list(self._grid)
+            fields["block_perm"] = self._block_perm.tolist()
         return fields
 
     def fingerprint(self) -> str:
@@ -462,13 +562,17 @@ class KeySet:
         return ((self._block_size, self._channels, self._password) == (other._block_size, other._channels, other._password)
                 and torch.equal(self._perm, other._perm) and torch.equal(self._np_mask, other._np_mask)
                 and torch.equal(self._ffx_mask, other._ffx_mask)
-                and (self._password is not None or torch.equal(self._ffx_lut, other._ffx_lut)))
+                and (self._password is not None or torch.equal(self._ffx_lut, other._ffx_lut))
+                and self._grid == other._grid
+                and (self._grid is None or torch.equal(self._block_perm, other._block_perm)))
 
     def __hash__(self) -> int:
         return hash(self.fingerprint())
 
     def __repr__(self) -> str:
-        return f"KeySet(block_size={self._block_size}, channels={self._channels}, fingerprint={self.fingerprint()})"
+        grid = "" if self._grid is None else f", grid={self._grid}"
+        return (f"KeySet(block_size={self._block_size}, channels={self._channels}{grid}, "
+                f"fingerprint={self.fingerprint()})")
 
     __str__ = __repr__
 
@@ -482,8 +586,9 @@ class KeySet:
         refuse_pickling("a KeySet")
         # Rebuilt through the checked constructors, so unpickled keys are validated like any other.
         lut = None if self._password is not None else self._ffx_lut.tolist()
+        block_perm = None if self._block_perm is None else self._block_perm.tolist()
         return (_restore, (self._block_size, self._channels, self._perm.tolist(), self._np_mask.tolist(),
-                           self._ffx_mask.tolist(), self._password, lut))
+                           self._ffx_mask.tolist(), self._password, lut, self._grid, block_perm))
 
     def __copy__(self) -> KeySet:
         return self
@@ -494,7 +599,8 @@ class KeySet:
     # --- files --------------------------------------------------------------------------
 
     def save(self, path: PathLike, *, overwrite: bool = False) -> None:
-        """Write the key file atomically with mode 0o600.
+        """Write the key file atomically with mode 0o600: version 1 without a block-scrambling
+        key, version 2 with one (see the module docs).
 
         Refuses to replace an existing file unless ``overwrite=True`` (:class:`OutputExistsError`),
         and to save keys without a password (:meth:`from_tables`; :class:`KeyFileError`): key files
@@ -541,10 +647,12 @@ class KeySet:
 
 
 def _restore(block_size: int, channels: int, perm: list[int], np_mask: list[bool], ffx_mask: list[bool],
-             password: bytes | None, lut: list[int] | None) -> KeySet:
+             password: bytes | None, lut: list[int] | None, grid: tuple[int, int] | None = None,
+             block_perm: list[int] | None = None) -> KeySet:
     if password is None:
-        return KeySet.from_tables(perm, np_mask, ffx_mask, lut, block_size=block_size, channels=channels)
-    return KeySet(block_size, channels, perm, np_mask, ffx_mask, password)
+        return KeySet.from_tables(perm, np_mask, ffx_mask, lut, block_size=block_size, channels=channels,
+                                  grid=grid, block_perm=block_perm)
+    return KeySet(block_size, channels, perm, np_mask, ffx_mask, password, grid=grid, block_perm=block_perm)
 
 
 # --- random key material ----------------------------------------------------------------------
@@ -616,18 +724,24 @@ def _read(path: str, raw: bytes) -> KeySet:
     return _READERS[version](fields)
 
 
-def _read_v1(fields: dict[str, Any]) -> KeySet:
-    return KeySet(fields["block_size"], fields["channels"], _parse_perm(fields["perm"]),
+def _read_v1(fields: dict[str, Any], **scramble: Any) -> KeySet:
+    return KeySet(fields["block_size"], fields["channels"], _parse_ints(fields["perm"]),
                   _parse_bits("np_mask", fields["np_mask"]), _parse_bits("ffx_mask", fields["ffx_mask"]),
-                  _parse_hex(fields["ffx_password"]))
+                  _parse_hex(fields["ffx_password"]), **scramble)
 
 
-_READERS: dict[int, Callable[[dict[str, Any]], KeySet]] = {1: _read_v1}
+def _read_v2(fields: dict[str, Any]) -> KeySet:
+    """Version 1 and the block-scrambling key with its grid."""
+    return _read_v1(fields, grid=_parse_ints(fields["grid"], "grid"),
+                    block_perm=_parse_ints(fields["block_perm"], "block_perm"))
 
 
-def _parse_perm(value: Any) -> list[int]:
+_READERS: dict[int, Callable[[dict[str, Any]], KeySet]] = {1: _read_v1, 2: _read_v2}
+
+
+def _parse_ints(value: Any, name: str = "perm") -> list[int]:
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise InvalidKeyError("perm must be a list of integers")
+        raise InvalidKeyError(f"{name} must be a list of integers")
     return value
 
 

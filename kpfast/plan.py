@@ -13,6 +13,11 @@ Every transform is "gather, then a function of the value at each position" on th
 Normalize(mean, std) of the destination channel is the last step of every forward chain and the
 first (inverted) step of every inverse chain.
 
+Block scrambling moves whole blocks: output block ``b`` is input block ``block_src[b]``. It
+commutes with every in-block step (they apply the same function to every block), so wherever it
+stands in a chain it is one more gather, over the block locations, in the first launch of the
+program (``Launch.block_src``): a chain with scrambling takes the launches it takes without.
+
 :func:`compile` is pure: key sets and options in, a Program out. The K key sets are compiled
 together: every step works on tensors with a leading key dimension (elementwise float32
 arithmetic, so each key's result is bit-identical to compiling it alone), and the tables of all
@@ -20,20 +25,24 @@ keys and positions are deduplicated in one place (:func:`_lut_launch`).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .keys import KeySet
 from .ops import BIAS, DIV, SCALE, SUB
 from .program import AffineLaunch, Launch, LutLaunch, Program, identity_params
 
 # compile is left out of __all__: a star import would shadow the builtin.
-__all__ = ["TRANSFORMS", "ROUNDINGS", "OUTPUT_DTYPES", "check_options", "as_key_list"]
+__all__ = ["TRANSFORMS", "IN_BLOCK_TRANSFORMS", "ROUNDINGS", "OUTPUT_DTYPES", "check_options", "as_key_list",
+           "scramble_grid", "check_grid"]
 
-TRANSFORMS = ("shuffle", "negpos", "ffx")
+# The transforms within each block (the papers' chain, and the default one), and every transform.
+IN_BLOCK_TRANSFORMS = ("shuffle", "negpos", "ffx")
+TRANSFORMS = (*IN_BLOCK_TRANSFORMS, "scramble")
 ROUNDINGS = ("floor", "nearest")
 OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -84,6 +93,45 @@ def check_options(ops: Sequence[str], channels: int, *, mean: Sequence[float] | 
     if any(not s > 0 for s in std):
         raise ConfigError(f"std must be positive, got {std}")
     return ops, (mean, std)
+
+
+def scramble_grid(keys: Sequence[KeySet], ops: Sequence[str]) -> tuple[int, int] | None:
+    """The grid of blocks that the chain's block-scrambling keys are for; None for a chain without
+    ``"scramble"``. Raises ConfigError when a key has none, or the keys' grids differ."""
+    if "scramble" not in ops:
+        return None
+    grids = {k.grid for k in keys}
+    if None in grids:
+        raise ConfigError("the chain scrambles blocks but the key has no block-scrambling key; make one for "
+                          "images of H x W pixels with KeySet.generate(M, C, grid=(H // M, W // M))")
+    if len(grids) > 1:
+        raise ConfigError(f"the key sets' block-scrambling keys are for different grids: {sorted(grids)}")
+    return grids.pop()
+
+
+def check_grid(x: torch.Tensor, grid: tuple[int, int] | None, block_size: int) -> None:
+    """A clear error for NCHW images (divisible by the block size) that are not cut into the grid of
+    blocks a block-scrambling key was made for (None: nothing to check)."""
+    if grid is None:
+        return
+    H, W = x.shape[-2:]
+    rows, columns = H // block_size, W // block_size
+    if (rows, columns) != tuple(grid):
+        raise DataError(f"images of {H}x{W} pixels make a {rows}x{columns} grid of {block_size}x{block_size} "
+                        f"blocks, but the block-scrambling key was made for a {grid[0]}x{grid[1]} grid "
+                        f"({grid[0] * block_size}x{grid[1] * block_size} images)")
+
+
+def block_gather(keys: Sequence[KeySet], ops: Sequence[str], inverse: bool) -> torch.Tensor | None:
+    """int64 [K, B]: the block each output block reads, for the chain's scrambles composed (every
+    one uses the key's ``block_perm``), or their inverse; None without ``"scramble"``."""
+    if scramble_grid(keys, ops) is None:
+        return None
+    block_perm = torch.stack([k.block_perm for k in keys])
+    src = torch.arange(block_perm.shape[1]).repeat(len(keys), 1)
+    for _ in range(list(ops).count("scramble")):
+        src = src.gather(1, block_perm)
+    return torch.argsort(src, dim=1) if inverse else src
 
 
 def inverse_scale(keys: Sequence[KeySet], ops: Sequence[str]) -> float | None:
@@ -188,6 +236,8 @@ def chain_steps(keys: Sequence[KeySet], ops: Sequence[str], *, inverse: bool = F
     (reversed and inverted when ``inverse``), with Normalize last (or its inverse first)."""
     steps: list[Step] = []
     for name in ops:
+        if name == "scramble":
+            continue  # moves whole blocks: no step within a block (see block_gather)
         if name == "shuffle":
             perm = torch.stack([k.perm for k in keys])
             steps.append(Gather(torch.argsort(perm, dim=1) if inverse else perm))
@@ -297,7 +347,7 @@ def _lut_launch(stages: list[LutStage], dtype: torch.dtype) -> LutLaunch:
 
 
 @torch.inference_mode(False)  # programs outlive the call: never inference tensors (autograd saves them)
-def compile(keys: KeysLike, ops: Sequence[str] = TRANSFORMS, *, inverse: bool = False, integer_input: bool,
+def compile(keys: KeysLike, ops: Sequence[str] = IN_BLOCK_TRANSFORMS, *, inverse: bool = False, integer_input: bool,
             mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
             dtype: torch.dtype = torch.float32, rounding: str = "floor") -> Program:
     """The Program that applies ``ops`` (or undoes them, with ``inverse``) with each of ``keys``.
@@ -305,7 +355,8 @@ def compile(keys: KeysLike, ops: Sequence[str] = TRANSFORMS, *, inverse: bool = 
     Args:
         keys: a KeySet, or a sequence of K key sets of one geometry (``key_index`` picks one per
             image when the program runs).
-        ops: the transforms in the order they are applied (any of :data:`TRANSFORMS`).
+        ops: the transforms in the order they are applied (any of :data:`TRANSFORMS`; ``"scramble"``
+            needs keys with a block-scrambling key, all for one grid).
         inverse: compile the inverse chain (Normalize undone first, the ops in reverse order).
         integer_input: for uint8 images (one table launch) or for float images.
         mean, std: Normalize of the destination channel, folded in.
@@ -318,6 +369,7 @@ def compile(keys: KeysLike, ops: Sequence[str] = TRANSFORMS, *, inverse: bool = 
     key_list = as_key_list(keys)
     first = key_list[0]
     ops, (mean, std) = check_options(ops, first.channels, mean=mean, std=std, dtype=dtype, rounding=rounding)
+    block_src = block_gather(key_list, ops, inverse)
     K, L = len(key_list), first.num_positions
     levels = 256 if not inverse or "ffx" not in ops else int(inverse_scale(key_list, ops)) + 1
     chunk = max(1, _CHUNK_ELEMENTS // (levels * L))
@@ -332,4 +384,6 @@ def compile(keys: KeysLike, ops: Sequence[str] = TRANSFORMS, *, inverse: bool = 
             launches.append(_lut_launch(list(stages), dtype if integer_input else torch.float32))
         else:
             launches.append(AffineLaunch(torch.cat([s.src for s in stages]), torch.cat([s.params for s in stages])))
+    if block_src is not None:  # blocks move in the first launch; the others work within blocks
+        launches[0] = dataclasses.replace(launches[0], block_src=block_src)
     return Program(ops, inverse, integer_input, dtype, first.block_size, first.channels, K, tuple(launches))

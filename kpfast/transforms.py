@@ -36,10 +36,11 @@ from torch.utils._python_dispatch import _disable_current_modes
 from . import plan
 from .errors import ConfigError
 from .keys import KeySet, refuse_pickling
-from .plan import OUTPUT_DTYPES, ROUNDINGS, TRANSFORMS, KeysLike, as_key_list, check_options  # noqa: F401
-from .program import Program, check_images, warn_if_out_of_range
+from .plan import (IN_BLOCK_TRANSFORMS, OUTPUT_DTYPES, ROUNDINGS, TRANSFORMS, KeysLike, as_key_list,  # noqa: F401
+                   check_grid, check_options, scramble_grid)
+from .program import Program, check_images, check_output, warn_if_out_of_range
 
-__all__ = ["BlockTransform", "Shuffle", "NegPos", "FFX", "KeysLike", "OUTPUT_DTYPES"]
+__all__ = ["BlockTransform", "Shuffle", "NegPos", "FFX", "Scramble", "KeysLike", "OUTPUT_DTYPES"]
 
 
 def _slot(inverse: bool, integer_input: bool) -> str:
@@ -86,13 +87,31 @@ _ensure_program._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 class BlockTransform(nn.Module):
-    """A chain of block transforms under one key set (or one of several, per image).
+    r"""A chain of block transforms under one key set (or one of several, per image).
+
+    Each image is cut into :math:`M \times M` blocks and every block is read as the vector of
+    its :math:`L = M^2 C` values (position :math:`l = ((y \bmod M)\,M + (x \bmod M))\,C + c`;
+    a uint8 pixel :math:`p` is the value :math:`p / 255`). The transforms of ``ops`` act on that
+    vector, the same way in every block, in the order given, then Normalize
+    :math:`(y - \mu_c) / \sigma_c` when ``mean`` and ``std`` are given; all of it in one pass:
+
+    .. math::
+
+        \text{shuffle: } y_l = x_{\pi(l)}, \qquad
+        \text{negpos: } y_l = 1 - x_l \ (l \in N), \qquad
+        \text{ffx: } y_l = t(q_l) / \max t \ (l \in F), \ q_l = \lfloor 255\, x_l \rfloor
+
+    with the key set's permutation :math:`\pi`, negative/positive positions :math:`N`, FFX
+    positions :math:`F` and FFX table :math:`t` (unmasked FFX positions give
+    :math:`q_l / \max t`). ``inverse`` undoes the whole chain. ``docs/semantics.md`` specifies
+    every step; :func:`kpfast.functional.block_transform` is the same as a function.
 
     Args:
         keys: a :class:`KeySet`, or a sequence of key sets; with several, ``forward`` takes a
             ``key_index`` tensor saying which key set each image uses (many keys, one launch).
         ops: the transforms in the order they are applied: any of ``"shuffle"``, ``"negpos"``,
-            ``"ffx"``.
+            ``"ffx"`` (within every block) and ``"scramble"`` (the block locations: needs keys
+            with a block-scrambling key, and images of the grid it was made for).
         mean, std: Normalize of the destination channel, folded into the same pass.
         dtype: output dtype for uint8 input.
         rounding: how FFX quantises float input: ``"floor"`` (the reference) or ``"nearest"``
@@ -101,17 +120,25 @@ class BlockTransform(nn.Module):
             shuffle alone), for attacks; FFX is otherwise not differentiable.
 
     Shape:
-        ``[N, C, H, W]`` or ``[C, H, W]`` in and out, H and W divisible by the block size.
+        - Input: :math:`(N, C, H, W)` or :math:`(C, H, W)`, uint8 or float in [0, 1], with
+          :math:`H` and :math:`W` multiples of the block size :math:`M` (with ``"scramble"``:
+          :math:`(H / M, W / M)` is the key's ``grid``).
+        - Output: as the input; ``dtype`` for uint8 input, else the input's dtype.
 
-    Example::
-
-        keys = KeySet.generate(4)
-        t = BlockTransform(keys, ("shuffle", "negpos", "ffx"), rounding="nearest")
-        y = t(images_uint8)                  # float32, protected
-        x = t.inverse(y)                     # float32 in [0, 1]; round(255 * x) == images
+    Example:
+        >>> keys = kpfast.KeySet.generate(block_size=4)
+        >>> t = kpfast.BlockTransform(keys, ("shuffle", "negpos", "ffx"), rounding="nearest")
+        >>> images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+        >>> y = t(images)                                     # protected, float32
+        >>> y.dtype, tuple(y.shape)
+        (torch.float32, (16, 3, 32, 32))
+        >>> torch.equal(torch.round(t.inverse(y) * 255).to(torch.uint8), images)   # exact with "nearest"
+        True
+        >>> several = kpfast.BlockTransform(kpfast.KeySet.generate_many(4, block_size=4))
+        >>> z = several(images, key_index=torch.arange(16) % 4)   # image i under key set i % 4, one launch
     """
 
-    def __init__(self, keys: KeysLike, ops: Sequence[str] = TRANSFORMS, mean: Sequence[float] | None = None,
+    def __init__(self, keys: KeysLike, ops: Sequence[str] = IN_BLOCK_TRANSFORMS, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, dtype: torch.dtype = torch.float32,
                  rounding: str = "floor", straight_through: bool = False):
         super().__init__()
@@ -121,20 +148,27 @@ class BlockTransform(nn.Module):
                                                         rounding=rounding)
         self.dtype, self.rounding, self.straight_through = dtype, rounding, bool(straight_through)
         self.block_size, self.channels, self.num_keys = first.block_size, first.channels, len(key_list)
+        self.grid = scramble_grid(key_list, self.ops)  # None: the chain does not scramble blocks
         self._keys: tuple[KeySet, ...] = tuple(key_list)
         self._device = torch.device("cpu")
         self._programs = _Programs()
         self._range_warned = False
 
-    def forward(self, x: torch.Tensor, key_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Protect images: uint8 or float in [0, 1], NCHW or CHW."""
-        return self._run(x, key_index, inverse=False)
+    def forward(self, x: torch.Tensor, key_index: torch.Tensor | None = None, *,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """Protect images: uint8 or float in [0, 1], NCHW or CHW.
 
-    def inverse(self, y: torch.Tensor, key_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Undo ``forward`` (Normalize included): returns float images in [0, 1].
+        ``out``: write the result into this buffer (the images' shape, the output dtype, on their
+        device; any layout, pinned memory included) and return it. It records no gradient."""
+        return self._run(x, key_index, inverse=False, out=out)
+
+    def inverse(self, y: torch.Tensor, key_index: torch.Tensor | None = None, *,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """Undo ``forward`` (Normalize included): returns float images in [0, 1] (``out`` as in
+        :meth:`forward`).
 
         With FFX, inverting several key sets in one call needs one ``ffx_max`` (ConfigError otherwise)."""
-        return self._run(y, key_index, inverse=True)
+        return self._run(y, key_index, inverse=True, out=out)
 
     def program(self, *, inverse: bool = False, integer_input: bool = True) -> Program:
         """The compiled program this transform runs for that direction and input kind (built now
@@ -142,17 +176,25 @@ class BlockTransform(nn.Module):
         _ensure_program(self, inverse, integer_input)
         return getattr(self._programs, _slot(inverse, integer_input))
 
-    def _run(self, x: torch.Tensor, key_index: torch.Tensor | None, inverse: bool) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, key_index: torch.Tensor | None, inverse: bool,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+        images = x
         single = isinstance(x, torch.Tensor) and x.dim() == 3
         if single:
             x = x.unsqueeze(0)
         check_images(x, block_size=self.block_size, channels=self.channels, num_keys=self.num_keys,
                      device=self._device, key_index=key_index)
+        check_grid(x, self.grid, self.block_size)
         if not torch.compiler.is_compiling() and not inverse and not self._range_warned:
             self._range_warned = warn_if_out_of_range(x)
-        out = self.program(inverse=inverse, integer_input=x.dtype == torch.uint8)(
-            x, key_index, straight_through=self.straight_through)
-        return out.squeeze(0) if single else out
+        program = self.program(inverse=inverse, integer_input=x.dtype == torch.uint8)
+        if out is not None:
+            check_output(out, images, program.output_dtype(x))
+        target = out.unsqueeze(0) if single and out is not None else out
+        result = program(x, key_index, straight_through=self.straight_through, out=target)
+        if out is not None:
+            return out
+        return result.squeeze(0) if single else result
 
     def _apply(self, fn, recurse=True):
         # Programs follow the device (never the dtype: casting the tables would change the transform).
@@ -191,11 +233,15 @@ class BlockTransform(nn.Module):
         return "+".join(k.fingerprint() for k in self._keys)
 
     def config(self) -> dict[str, Any]:
-        """Everything but the key, to rebuild the transform with :meth:`from_config`."""
-        return {"type": "block", "ops": list(self.ops), "block_size": self.block_size,
-                "channels": self.channels, "mean": self.mean, "std": self.std,
-                "dtype": str(self.dtype).removeprefix("torch."), "rounding": self.rounding,
-                "straight_through": self.straight_through}
+        """Everything but the key, to rebuild the transform with :meth:`from_config` (a chain that
+        scrambles blocks also records the key's grid)."""
+        config = {"type": "block", "ops": list(self.ops), "block_size": self.block_size,
+                  "channels": self.channels, "mean": self.mean, "std": self.std,
+                  "dtype": str(self.dtype).removeprefix("torch."), "rounding": self.rounding,
+                  "straight_through": self.straight_through}
+        if self.grid is not None:  # only then: the configs (and digests) of other chains stay as they were
+            config["grid"] = list(self.grid)
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any], keys: KeysLike) -> BlockTransform:
@@ -205,6 +251,9 @@ class BlockTransform(nn.Module):
             raise ConfigError(f"the key is for {k.block_size}x{k.block_size} blocks with {k.channels} channels, "
                              f"the transform for {config['block_size']}x{config['block_size']} with "
                              f"{config['channels']}")
+        if "grid" in config and k.grid is not None and list(k.grid) != list(config["grid"]):
+            raise ConfigError(f"the key scrambles a {k.grid[0]}x{k.grid[1]} grid of blocks, the transform a "
+                             f"{config['grid'][0]}x{config['grid'][1]} grid")
         # Configs written before straight_through was recorded had none.
         return cls(key_list, config["ops"], config["mean"], config["std"], getattr(torch, config["dtype"]),
                    config["rounding"], config.get("straight_through", False))
@@ -214,27 +263,120 @@ class BlockTransform(nn.Module):
 
     def extra_repr(self) -> str:
         norm = "" if self.mean is None else f", mean={self.mean}, std={self.std}"
-        return (f"ops={self.ops}, block_size={self.block_size}, channels={self.channels}{norm}, "
+        grid = "" if self.grid is None else f", grid={self.grid}"
+        return (f"ops={self.ops}, block_size={self.block_size}, channels={self.channels}{grid}{norm}, "
                 f"dtype={self.dtype}, keys={self.fingerprint()}")
 
 
 class Shuffle(BlockTransform):
-    """Block-wise pixel shuffling: ``out[l] = in[perm[l]]`` in every block."""
+    r"""Block-wise pixel shuffling: :math:`y_l = x_{\pi(l)}` in every block (``perm``).
+
+    Values are only moved: exact, and differentiable (the gradient is the inverse gather).
+
+    Args:
+        keys: a :class:`~kpfast.keys.KeySet`, or several (``forward(x, key_index)``).
+        dtype: output dtype for uint8 input (default float32).
+
+    Shape:
+        - Input: :math:`(N, C, H, W)` or :math:`(C, H, W)`, :math:`H, W` multiples of :math:`M`.
+        - Output: as the input.
+
+    Example:
+        >>> keys = kpfast.KeySet.generate(block_size=4)
+        >>> x = torch.rand(2, 3, 8, 8)
+        >>> shuffle = kpfast.Shuffle(keys)
+        >>> torch.equal(shuffle.inverse(shuffle(x)), x)
+        True
+    """
 
     def __init__(self, keys: KeysLike, dtype: torch.dtype = torch.float32):
         super().__init__(keys, ("shuffle",), dtype=dtype)
 
 
 class NegPos(BlockTransform):
-    """Negative/positive transform: ``1 - x`` (``255 - p`` on bytes) at the key's positions."""
+    r"""Negative/positive transform: :math:`y_l = 1 - x_l` (the byte :math:`255 - p`) where
+    ``np_mask[l]`` is set, else :math:`y_l = x_l`. Its own inverse, and differentiable.
+
+    Args:
+        keys: a :class:`~kpfast.keys.KeySet`, or several (``forward(x, key_index)``).
+        dtype: output dtype for uint8 input (default float32).
+
+    Shape:
+        - Input: :math:`(N, C, H, W)` or :math:`(C, H, W)`, :math:`H, W` multiples of :math:`M`.
+        - Output: as the input.
+
+    Example:
+        >>> keys = kpfast.KeySet.generate(block_size=4)
+        >>> images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+        >>> y = kpfast.NegPos(keys)(images)
+        >>> flipped = keys.np_mask.view(4, 4, 3).permute(2, 0, 1).repeat(1, 2, 2)  # l = (row * M + col) * C + c
+        >>> torch.equal(torch.round(y * 255).to(torch.uint8), torch.where(flipped, 255 - images, images))
+        True
+    """
 
     def __init__(self, keys: KeysLike, dtype: torch.dtype = torch.float32):
         super().__init__(keys, ("negpos",), dtype=dtype)
 
 
 class FFX(BlockTransform):
-    """Format-preserving (FFX) encryption of the pixel values at the key's positions."""
+    r"""Format-preserving (FFX) encryption of the pixel values at the key's positions.
+
+    .. math::
+
+        q_l = \lfloor 255\, x_l \rfloor \ (\text{or } \operatorname{round}), \qquad
+        y_l = \frac{1}{\max t} \begin{cases} t(q_l) & \text{if } \texttt{ffx\_mask}[l] \\
+                                             q_l & \text{otherwise} \end{cases}
+
+    with the key's table :math:`t` (``ffx_lut``: the FFX cipher of every byte under the key's
+    password). The inverse rounds to a code and looks it up in :math:`t^{-1}`.
+
+    Args:
+        keys: a :class:`~kpfast.keys.KeySet`, or several (``forward(x, key_index)``).
+        rounding: quantisation of float input: ``"floor"`` (default, the reference's) or
+            ``"nearest"`` (for values a float rounding step off the k/255 lattice).
+        dtype: output dtype for uint8 input (default float32).
+        straight_through: backpropagate as if FFX were the identity (BPDA, for attacks).
+
+    Shape:
+        - Input: :math:`(N, C, H, W)` or :math:`(C, H, W)`, :math:`H, W` multiples of :math:`M`.
+        - Output: as the input.
+
+    Example:
+        >>> keys = kpfast.KeySet.generate(block_size=4)
+        >>> images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+        >>> ffx = kpfast.FFX(keys)
+        >>> y = ffx(images)                                   # codes / max(ffx_lut), in [0, 1]
+        >>> torch.equal(torch.round(ffx.inverse(y) * 255).to(torch.uint8), images)
+        True
+    """
 
     def __init__(self, keys: KeysLike, rounding: str = "floor", dtype: torch.dtype = torch.float32,
                  straight_through: bool = False):
         super().__init__(keys, ("ffx",), dtype=dtype, rounding=rounding, straight_through=straight_through)
+
+
+class Scramble(BlockTransform):
+    r"""Block scrambling: output block :math:`b` (row-major over the grid of blocks) is input
+    block :math:`\sigma(b)` (``block_perm[b]``); the blocks themselves are unchanged. Needs a key
+    with a block-scrambling key (``KeySet.generate(M, C, grid=(H // M, W // M))``) and images of
+    that grid. Exact and differentiable.
+
+    Args:
+        keys: a :class:`~kpfast.keys.KeySet` with a ``grid``, or several of one grid.
+        dtype: output dtype for uint8 input (default float32).
+
+    Shape:
+        - Input: :math:`(N, C, R M, Q M)` or :math:`(C, R M, Q M)` for a key of grid
+          :math:`(R, Q)`.
+        - Output: as the input.
+
+    Example:
+        >>> keys = kpfast.KeySet.generate(4, channels=3, grid=(8, 8))
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> scramble = kpfast.Scramble(keys)
+        >>> torch.equal(scramble.inverse(scramble(x)), x)
+        True
+    """
+
+    def __init__(self, keys: KeysLike, dtype: torch.dtype = torch.float32):
+        super().__init__(keys, ("scramble",), dtype=dtype)

@@ -3,9 +3,10 @@
 #
 # Builds kpfast._C with -fsanitize=address,undefined in its own folder (build/sanitize: the
 # installed build is left as it is), loads it in place of the installed one, and runs the op tests
-# (tests/test_ops.py, tests/test_errors.py, the transform tests, which go through the ops), a long
-# seeded fuzz of both raw ops (tests/test_ops_fuzz.py), and the CUDA kernels' element code run on
-# the host (tests/test_cuda.py, built with the same sanitizers). Any sanitizer report fails the run:
+# (tests/test_ops.py, test_ops_scramble.py, test_ops_out.py, test_errors.py, the transform tests,
+# which go through the ops), a long seeded fuzz of both raw ops with block scrambling and out=
+# buffers (tests/test_ops_fuzz.py), and the CUDA kernels' element code run on the host
+# (tests/test_cuda.py, built with the same sanitizers). Any sanitizer report fails the run:
 # every check aborts the process at its first report, and reports are also looked for in the
 # output and in ASan's report files (so one in a subprocess counts too).
 #
@@ -66,8 +67,9 @@ echo "sanitize: running the op tests and $KPFAST_FUZZ_CASES fuzz cases per op"
 # aborts the process (UBSan ignores log_path next to the preloaded ASan runtime).
 log="$PWD/$build/tests.log"
 set +e
-python -m pytest -q -p no:cacheprovider --capture=sys tests/test_ops.py tests/test_errors.py \
-  tests/test_transforms.py tests/test_ops_fuzz.py tests/test_cuda.py "$@" 2>&1 | tee "$log"
+python -m pytest -q -p no:cacheprovider --capture=sys tests/test_ops.py tests/test_ops_scramble.py \
+  tests/test_ops_out.py tests/test_errors.py tests/test_transforms.py tests/test_ops_fuzz.py tests/test_cuda.py \
+  "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 unset LD_PRELOAD

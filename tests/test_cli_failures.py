@@ -150,3 +150,53 @@ def test_i2p_no_progress_also_silences_decoding(tmp_path, capsys, monkeypatch):
     assert i2p_main(["run", "--data", str(data), *I2P_TINY, "--out", str(tmp_path / "b"), "--no-progress"]) == 3
     err = capsys.readouterr().err
     assert "decoding" not in err and one_line(err).startswith("kpfast i2p: time limit reached")
+
+
+# --- reproduce: a bad cell leaves nothing behind; a CPU hears how long it will take ---------------
+
+REPRODUCE_TINY = ["reproduce", "--data", "synthetic", "--train-subset", "200", "--test-subset", "50", "--epochs", "1",
+                  "--model", "small_cnn", "--wrong-keys", "1", "--device", "cpu"]
+
+
+def test_reproduce_a_cell_that_does_not_fit_the_images_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "repro"
+    assert main([*REPRODUCE_TINY, "--cells", "plain,ffx-3", "--out", str(out)]) == 2
+    assert one_line(capsys.readouterr().err) == ("kpfast reproduce: error: block size 3 does not divide the 32x32 "
+                                                 "images of this data set")
+    assert not out.exists()
+
+
+def test_reproduce_on_a_cpu_estimates_its_time_and_suggests_a_cpu_budget(tmp_path, capsys, monkeypatch):
+    import kpfast.protection.grid as grid
+
+    monkeypatch.setattr(grid, "LONG_RUN", 0.0)  # any run counts as long: the suggestion is printed
+    assert main([*REPRODUCE_TINY, "--cells", "plain", "--out", str(tmp_path / "repro")]) == 0
+    out = capsys.readouterr().out
+    estimate = next(line for line in out.splitlines() if line.startswith("estimate: "))
+    assert estimate.startswith("estimate: a small_cnn training step of 128 images takes ")
+    assert "1 model x 1 epoch x 2 steps, with evaluation, is about " in estimate
+    assert ("stop this one (Ctrl-C) and pass --model small_cnn --epochs 5 --train-subset 10000 --test-subset 2000 "
+            "--cells plain,shuffle-4,negpos-4,ffx-4") in out
+    assert out.index("estimate: ") < out.index("[1/1] plain")  # before the first model trains
+
+
+def test_run_seconds_counts_training_and_every_evaluation_pass():
+    from kpfast.protection.experiment import RunConfig
+    from kpfast.protection.grid import run_seconds, rough_duration
+
+    config = RunConfig(epochs=3, batch_size=100)
+    # 2 cells x (3 epochs x 5 steps x 2 s + (4 wrong keys + 2) passes x 200 / 100 batches x 0.5 s)
+    assert run_seconds(config, 450, 200, 2, 4, step=2.0, forward=0.5) == 2 * (3 * 5 * 2.0 + 6 * 2 * 0.5)
+    assert [rough_duration(s) for s in (42, 25 * 60, 3.5 * 3600, 3 * 86400)] == ["42 s", "25 min", "3.5 h", "3.0 days"]
+
+
+def test_a_flat_folder_is_refused_naming_a_few_of_its_files(tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(200):
+        Image.new("RGB", (8, 8)).save(flat / f"img{i:03d}.png")
+    assert main(["train", "--data", str(flat), "--ops", "plain", "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    message = one_line(capsys.readouterr().err)
+    assert message.startswith(f"kpfast train: error: {flat}: train/ is missing")
+    assert "img000.png" in message and "img199.png" not in message and "200" in message
+    assert len(message) < 400

@@ -39,8 +39,18 @@ FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 LAYOUTS = ["contiguous", "channels_last", "slice", "transpose", "expand"]
 CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
 
-lut_op = torch.ops.kpfast.block_lut
-affine_op = torch.ops.kpfast.block_affine
+
+
+def without_scrambling(op, arity):
+    """The raw op with block_src (its last argument, which has no default) None when left out."""
+    def call(*args, **kwargs):
+        return op(*args, None, **kwargs) if len(args) == arity - 1 else op(*args, **kwargs)
+    call.out = op.out
+    return call
+
+
+lut_op = without_scrambling(torch.ops.kpfast.block_lut, 9)
+affine_op = without_scrambling(torch.ops.kpfast.block_affine, 6)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -71,7 +81,7 @@ def backend(request):
             pytest.skip("needs a CUDA device")
         return Backend(CUDA, lut_op, affine_op)
     ops = kernels_on_host()
-    return Backend(torch.device("cpu"), ops.block_lut, ops.block_affine)
+    return Backend(torch.device("cpu"), without_scrambling(ops.block_lut, 9), without_scrambling(ops.block_affine, 6))
 
 
 @pytest.fixture(autouse=True)
@@ -301,6 +311,83 @@ def test_affine_many_keys(backend, layout):
 
 
 # ----------------------------------------------------------------------------------------------
+# Block scrambling and out= (the source block of each output block; the buffer the kernels write)
+
+
+def random_block_src(K, B, permutation=True):
+    return torch.stack([torch.randperm(B) for _ in range(K)]) if permutation else torch.randint(0, B, (K, B))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "slice"])
+@pytest.mark.parametrize("M, C", [(1, 3), (2, 4), (4, 3), (4, 1), (8, 3)])
+def test_scrambled(backend, M, C, layout):
+    """Vectorised groups (C = 1, 4) and one output per group (C = 3), several rows of blocks."""
+    H, W = image_size(M, C)
+    H *= 2
+    N, K, L, B = 3, 2, M * M * C, (H // M) * (W // M)
+    key_index = torch.tensor([1, 0, 1])
+    for permutation in (True, False):
+        block_src = random_block_src(K, B, permutation)
+        for in_dtype, table_dtype in [(torch.uint8, torch.float16), (torch.float32, torch.bfloat16),
+                                      (torch.float64, torch.float32)]:
+            x_cpu, x_dev = make_images(in_dtype, N, C, H, W, layout, special=True, device=backend.device)
+            src, table_id, tables = lut_keys(K, L, 6, 256, table_dtype)
+            expected = lut_op(x_cpu, src, table_id, tables, M, 255.0, "nearest", key_index, block_src)
+            keys = on_device(backend, src, table_id, tables, key_index, block_src)
+            check_same(backend.lut(x_dev, *keys[:3], M, 255.0, "nearest", *keys[3:]), expected, x_dev)
+            if in_dtype != torch.uint8:
+                params = torch.randn(K, 4, L, dtype=torch.float64)
+                expected = affine_op(x_cpu, src, params, M, key_index, block_src)
+                keys = on_device(backend, src, params, key_index, block_src)
+                check_same(backend.affine(x_dev, *keys[:2], M, *keys[2:]), expected, x_dev)
+
+
+def out_buffer(shape, dtype, layout, device):
+    """A buffer the kernels write in place (dense, aligned or not) or through a copy (a window)."""
+    N, C, H, W = shape
+    if layout == "window":
+        return torch.full((N, C + 1, H, W + 1), float("nan"), dtype=dtype, device=device)[:, 1:, :, 1:]
+    if layout == "unaligned":  # dense but off the 16-byte alignment of vector stores
+        return torch.full((N * C * H * W + 1,), float("nan"), dtype=dtype, device=device)[1:].view(shape)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    return torch.full(shape, float("nan"), dtype=dtype, device=device).contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("out_layout", ["contiguous", "channels_last", "unaligned", "window"])
+@pytest.mark.parametrize("in_layout", ["contiguous", "channels_last"])
+def test_out(backend, in_layout, out_layout):
+    N, C, H, W, M, K = 3, 4, 8, 32, 4, 2
+    L, B = M * M * C, (H // M) * (W // M)
+    key_index, block_src = torch.tensor([1, 0, 1]), random_block_src(K, B)
+    for in_dtype, table_dtype in [(torch.uint8, torch.float32), (torch.float16, torch.bfloat16)]:
+        x_cpu, x_dev = make_images(in_dtype, N, C, H, W, in_layout, device=backend.device)
+        src, table_id, tables = lut_keys(K, L, 6, 256, table_dtype)
+        expected = lut_op(x_cpu, src, table_id, tables, M, 255.0, "floor", key_index, block_src)
+        keys = on_device(backend, src, table_id, tables, key_index, block_src)
+        out = out_buffer(x_dev.shape, table_dtype, out_layout, backend.device)
+        assert backend.lut.out(x_dev, *keys[:3], M, 255.0, "floor", *keys[3:], out=out) is out
+        torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0)
+        if in_dtype != torch.uint8:
+            params = torch.randn(K, 4, L, dtype=torch.float64)
+            expected = affine_op(x_cpu, src, params, M, key_index, block_src)
+            keys = on_device(backend, src, params, key_index, block_src)
+            out = out_buffer(x_dev.shape, in_dtype, out_layout, backend.device)
+            assert backend.affine.out(x_dev, *keys[:2], M, *keys[2:], out=out) is out
+            torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0)
+
+
+@needs_cuda
+def test_pinned_out_and_wrong_device():
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    src, table_id, tables = lut_keys(1, 48, 2, 256, torch.float32)
+    pinned = torch.empty(x.shape, pin_memory=True)
+    assert lut_op.out(x, src, table_id, tables, 4, 255.0, "floor", None, out=pinned) is pinned
+    assert torch.equal(pinned, lut_op(x, src, table_id, tables, 4, 255.0, "floor", None))
+    with pytest.raises(RuntimeError, match="out is on cpu but the images are on cuda"):
+        lut_op.out(x.to(CUDA), src.to(CUDA), table_id.to(CUDA), tables.to(CUDA), 4, 255.0, "floor", None, out=pinned)
+
+
+# ----------------------------------------------------------------------------------------------
 # opcheck, CUDA graphs, several GPUs
 
 
@@ -318,6 +405,9 @@ def test_opcheck():
         torch.library.opcheck(lut_op.default, args)
     for args in [(xf, src[:1], params[:1], M, None), (xf, src, params, M, key_index)]:
         torch.library.opcheck(affine_op.default, args)
+    block_src = random_block_src(K, (H // M) * (W // M)).to(CUDA)
+    torch.library.opcheck(lut_op.default, (x, src, table_id, tables, M, 255.0, "floor", key_index, block_src))
+    torch.library.opcheck(affine_op.out, (xf, src, params, M, key_index, block_src), {"out": torch.empty_like(xf)})
 
 
 @needs_cuda
@@ -431,22 +521,24 @@ src = torch.arange(L, device=dev).repeat(2, 1)
 table_id = torch.zeros(2, L, dtype=torch.long, device=dev)
 tables = torch.rand(2, 256, device=dev)
 key_index = torch.tensor([0, 1], device=dev)
+block_src = torch.arange(4, device=dev).repeat(2, 1)
+if case == "block_src": block_src[1, 2] = 4
 if case == "src_high": src[1, 5] = L
 if case == "src_negative": src[0, 0] = -1
 if case == "table_id": table_id[0, 7] = 2
 if case == "key_index": key_index[1] = 2
 if case == "affine_src":
     src[1, 3] = 10**12
-    torch.ops.kpfast.block_affine(x.float(), src, torch.ones(2, 4, L, dtype=torch.float64, device=dev), M, key_index)
+    affine_op(x.float(), src, torch.ones(2, 4, L, dtype=torch.float64, device=dev), M, key_index)
 else:
-    torch.ops.kpfast.block_lut(x, src, table_id, tables, M, 255.0, "floor", key_index)
+    torch.ops.kpfast.block_lut(x, src, table_id, tables, M, 255.0, "floor", key_index, block_src)
 torch.cuda.synchronize()
 print("NO ERROR")
 """
 
 
 @needs_cuda
-@pytest.mark.parametrize("case", ["src_high", "src_negative", "table_id", "key_index", "affine_src"])
+@pytest.mark.parametrize("case", ["src_high", "src_negative", "table_id", "key_index", "affine_src", "block_src"])
 def test_device_assert_on_bad_key_values(case):
     r = subprocess.run([sys.executable, "-c", _BAD_KEY_SCRIPT, case], capture_output=True, text=True,
                        timeout=600)

@@ -50,9 +50,9 @@ def _scramble(x: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
 
 
 def _accuracy(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
-              x_test: torch.Tensor, y_test: torch.Tensor, steps: int, batch: int, lr: float) -> float:
+              x_test: torch.Tensor, y_test: torch.Tensor, steps: int, batch: int, lr: float, seed: int) -> float:
     opt = torch.optim.Adam(model.parameters(), lr)
-    order = torch.randint(0, len(x_train), (steps, batch), generator=torch.Generator().manual_seed(0))
+    order = torch.randint(0, len(x_train), (steps, batch), generator=torch.Generator().manual_seed(seed))
     for idx in order:
         loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
         opt.zero_grad()
@@ -62,26 +62,36 @@ def _accuracy(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
         return (model(x_test).argmax(1) == y_test).float().mean().item()
 
 
-def test_learnable_by_logistic_regression():
-    # On the mean colour of every 4x4 block: the coarse information a block scramble keeps.
-    train, test = make_synthetic(2000, 500)
+def logistic_accuracy(seed: int = 0) -> float:
+    """Logistic regression on the mean colour of every 4x4 block: the coarse information a block
+    scramble keeps."""
+    train, test = make_synthetic(2000, 500, seed=seed)
     features = lambda s: F.avg_pool2d(s.images.float() / 255, 4).flatten(1)  # noqa: E731
-    torch.manual_seed(0)
-    acc = _accuracy(nn.Linear(3 * 8 * 8, 10), features(train), train.labels, features(test),
-                    test.labels, steps=200, batch=2000, lr=0.05)
-    assert acc > 0.6, acc  # measured 0.93 (chance 0.1)
+    torch.manual_seed(seed)
+    return _accuracy(nn.Linear(3 * 8 * 8, 10), features(train), train.labels, features(test),
+                     test.labels, steps=200, batch=2000, lr=0.05, seed=seed)
 
 
-def test_learnable_when_block_scrambled():
-    # A model that sees whole 4x4 blocks (a stride-4 first layer) copes with any shuffle
-    # inside the blocks; a few seconds of training suffice to beat chance by far.
-    train, test = make_synthetic(2000, 500)
-    key = torch.randperm(48, generator=torch.Generator().manual_seed(1))
+def scrambled_accuracy(seed: int = 0) -> float:
+    """A model that sees whole 4x4 blocks (a stride-4 first layer) copes with any shuffle inside
+    the blocks: a few seconds of training on block-scrambled images (300 steps: after 120, seeds 0-4
+    reached only 0.56-0.66)."""
+    train, test = make_synthetic(2000, 500, seed=seed)
+    key = torch.randperm(48, generator=torch.Generator().manual_seed(seed + 1))
     scrambled = lambda s: _scramble(s.images, key).float() / 255  # noqa: E731
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(3, 32, 4, stride=4), nn.ReLU(),
                           nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-    acc = _accuracy(model, scrambled(train), train.labels, scrambled(test), test.labels,
-                    steps=120, batch=64, lr=1e-2)
-    assert acc > 0.35, acc  # measured 0.62 (chance 0.1)
+    return _accuracy(model, scrambled(train), train.labels, scrambled(test), test.labels,
+                     steps=300, batch=64, lr=1e-2, seed=seed)
+
+
+def test_learnable_by_logistic_regression():
+    acc = logistic_accuracy()
+    assert acc > 0.5, acc  # seeds 0-4 x 1/2 threads: 0.93-0.96 (chance 0.1)
+
+
+def test_learnable_when_block_scrambled():
+    acc = scrambled_accuracy()
+    assert acc > 0.35, acc  # seeds 0-4 x 1/2 threads: 0.68-0.90 (chance 0.1)

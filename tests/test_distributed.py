@@ -28,7 +28,7 @@ import torch
 from kpfast.data import DeviceLoader, ImageSet
 from kpfast.engine import Ranks, train
 from kpfast.engine.distributed import launch_env, process_group, rank_device, wrap
-from kpfast.errors import ConfigError, DeviceError, TimeLimitReached
+from kpfast.errors import ConfigError, DeviceError, KeyMismatchError, TimeLimitReached
 from kpfast.keys import KeySet
 
 import distributed_worker as worker
@@ -292,3 +292,39 @@ def test_single_process_runs_are_untouched(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="not available"):
             rank_device("cuda", Ranks(1, 2, 1))
+
+
+class WithoutGroup(Ranks):
+    """A rank of a 2-rank job whose collectives return what rank 0 (`main`) sent, or every rank's
+    object as `runs` lists them: the ranks' error handling without a process group."""
+
+    def __init__(self, rank, main=None, runs=None):
+        super().__init__(rank, 2)
+        object.__setattr__(self, "sent", (main, runs))
+
+    def broadcast(self, obj):
+        return obj if self.is_main else self.sent[0]
+
+    def all_gather(self, obj):
+        return self.sent[1]
+
+
+def test_an_error_of_rank_0_is_an_echo_on_the_other_ranks():
+    """The command line prints an error on rank 0 only when the other ranks' copy is an echo
+    (kpfast.engine.ranks.echoes_main): one line per job, not one per rank."""
+    from kpfast.engine.ranks import echoes_main
+
+    def fails():
+        raise ConfigError("the output folder is not empty")
+
+    with pytest.raises(ConfigError, match="not empty") as on_main:
+        WithoutGroup(0).from_main(fails)
+    with pytest.raises(ConfigError, match="not empty") as on_other:
+        WithoutGroup(1, main=("error", ConfigError("the output folder is not empty"))).from_main(fails)
+    assert not echoes_main(on_main.value) and echoes_main(on_other.value)
+    runs = [{"key_fingerprint": "aa", "lr": 0.1}, {"key_fingerprint": "bb", "lr": 0.1}]
+    for rank in (0, 1):
+        with pytest.raises(KeyMismatchError, match="rank 0 has key fingerprint aa, rank 1 has bb") as e:
+            WithoutGroup(rank, runs=runs).check_same_run(runs[rank])
+        assert echoes_main(e.value) == (rank == 1)
+    assert not echoes_main(ConfigError("a rank's own error"))

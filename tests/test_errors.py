@@ -62,10 +62,52 @@ def test_transform_rejects_bad_keys():
         kpfast.BlockTransform([KEYS, KEYS])(X)
 
 
-# Bad raw-op arguments: (change, message). The ones marked VALUE are bad key values, which only the
-# kernels can see; every other one is also refused by the fake kernel (torch.compile, torch.export).
+# Bad raw-op arguments: (change, message). The ones marked VALUE are bad key values or an out=
+# buffer that shares memory with an argument, which only the kernels can see; every other one is
+# also refused by the fake kernel (torch.compile, torch.export).
 VALUE = "value"
 EMPTY = torch.rand(1, 3, 0, 0)
+BLOCKS = torch.randperm(4).unsqueeze(0)  # the 2x2 blocks of X
+
+
+def shared(dtype, like=(2, 3, 8, 8)):
+    """A tensor of `like`'s float32 size in bytes, viewed as `dtype`, and the float32 view of its
+    memory as an out= buffer: both share it."""
+    memory = torch.zeros(torch.Size(like).numel(), dtype=torch.float32)
+    return memory.view(dtype), memory.view(like)
+
+
+def sharing(name, dtype, make):
+    """Arguments where `name` = make(memory) lies in the memory of the out= buffer."""
+    memory, out = shared(dtype)
+    return {name: make(memory), "out": out}
+
+
+# block_src and out= cases, the same for both ops (images X, 8x8 in 4x4 blocks; float32 output).
+BLOCK_AND_OUT_CASES = [
+    (dict(block_src=torch.randperm(9).unsqueeze(0)),
+     r"block_src must have shape \[K, 4\] \(the 2x2 blocks of 8x8 images in 4x4 blocks\).*another image size"),
+    (dict(block_src=torch.randperm(4)), r"block_src must have shape \[K, 4\]"),
+    (dict(block_src=torch.stack([torch.randperm(4)] * 2)), r"block_src must have one row per key set \(1\)"),
+    (dict(block_src=BLOCKS.int()), "block_src must be int64"),
+    (dict(block_src=torch.empty(1, 4, dtype=torch.long, device="meta")), "block_src is on meta but the images are on cpu"),
+    (dict(block_src=torch.tensor([[0, 1, 2, 4]])), r"block_src must hold block numbers in \[0, 4\), found 4", VALUE),
+    (dict(block_src=torch.tensor([[0, -1, 2, 3]])), r"block_src must hold block numbers in \[0, 4\), found -1", VALUE),
+    (dict(out=torch.empty(2, 3, 8, 4)), r"out must have the images' shape \[2, 3, 8, 8\], got \[2, 3, 8, 4\]"),
+    (dict(out=torch.empty(3, 8, 8)), r"out must have the images' shape"),
+    (dict(out=torch.empty(2, 3, 8, 8, dtype=torch.float64)), r"out must be (Float|torch.float32) \(the output dtype\)"),
+    (dict(out=torch.empty(2, 3, 8, 8, device="meta")), "out is on meta but the images are on cpu; give an out buffer"),
+    (dict(out=torch.empty(1, 3, 8, 8).expand(2, 3, 8, 8)), "out has elements that share memory"),
+    (dict(out=torch.empty(16, 8).as_strided((2, 3, 8, 8), (8, 8, 8, 1))), "out has elements that share memory"),
+    (sharing("src", torch.long, lambda m: m[:48].copy_(torch.randperm(48)).view(1, 48)), "out shares memory with src",
+     VALUE),
+    (sharing("block_src", torch.long, lambda m: m[-4:].copy_(torch.randperm(4)).view(1, 4)),
+     "out shares memory with block_src", VALUE),
+]
+_LUT_MEMORY, _LUT_OUT = shared(torch.uint8)
+_AFFINE_X = torch.rand(2, 3, 8, 8)
+
+
 LUT_CASES = [
     (dict(src=torch.randperm(27).unsqueeze(0)), r"src must have shape \[K, 48\]"),
     (dict(src=torch.randperm(48).unsqueeze(0).int()), "src must be int64"),
@@ -105,6 +147,10 @@ LUT_CASES = [
     (dict(x=X.int()), "uint8 or floating point"),
     (dict(x=X.float().to(torch.float8_e5m2)), "uint8 or floating point"),
     (dict(x=X[:, :0]), "no channels"),
+    *BLOCK_AND_OUT_CASES,
+    (dict(x=_LUT_MEMORY[:384].view(2, 3, 8, 8), out=_LUT_OUT), "out shares memory with x", VALUE),
+    (dict(tables=_LUT_OUT.view(-1)[-256:].view(1, 256), out=_LUT_OUT), "out shares memory with tables", VALUE),
+    (sharing("table_id", torch.long, lambda m: m[:48].view(1, 48)), "out shares memory with table_id", VALUE),
 ]
 AFFINE_CASES = [
     (dict(x=X), "floating point images"),
@@ -116,6 +162,12 @@ AFFINE_CASES = [
     (dict(src=torch.full((1, 48), 10**12)), r"block positions in \[0, 48\)", VALUE),
     (dict(x=EMPTY, block_size=2**32), "block_size 4294967296 is too large"),
     (dict(src=torch.randperm(48).unsqueeze(0), key_index=torch.tensor([0, 5])), r"key_index\[1\] = 5", VALUE),
+    *BLOCK_AND_OUT_CASES,
+    (dict(x=_AFFINE_X, out=_AFFINE_X), "out shares memory with x", VALUE),
+    (dict(x=_AFFINE_X, out=_AFFINE_X.transpose(2, 3)), "out shares memory with x", VALUE),
+    (dict(x=_AFFINE_X, out=_AFFINE_X[:1].expand(2, 3, 8, 8)), "out has elements that share memory"),
+    (sharing("params", torch.float64, lambda m: m.view(1, 4, 48).fill_(1)), "out shares memory with params", VALUE),
+    (sharing("key_index", torch.long, lambda m: m[:2]), "out shares memory with key_index", VALUE),
 ]
 
 
@@ -153,8 +205,11 @@ def test_fake_kernels_refuse_what_the_ops_refuse(op, args, match):
 
 
 def test_fake_kernels_accept_what_the_ops_accept():
+    cl = torch.empty(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     for op, args in [(ops.block_lut, lut_args()), (ops.block_lut, lut_args(x=X.float(), tables=torch.rand(1, 1))),
-                     (ops.block_affine, affine_args())]:
+                     (ops.block_affine, affine_args()), (ops.block_lut, lut_args(block_src=BLOCKS)),
+                     (ops.block_affine, affine_args(block_src=BLOCKS)), (ops.block_lut, lut_args(out=cl)),
+                     (ops.block_affine, affine_args(out=torch.empty(2, 3, 8, 9)[..., 1:], block_src=BLOCKS))]:
         expected = op(**args)
         mode, fake = _fake(args)
         with mode:

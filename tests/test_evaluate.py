@@ -11,9 +11,12 @@ from torch import nn
 from kpfast.atomic import write_json
 from kpfast.engine import train
 from kpfast.protection.evaluate import evaluate_protection, format_markdown
+from single_thread import single_thread
 
 SHAPE = (3, 8, 8)
-CLASSES = ("plane", "car", "bird", "cat")
+# Ten classes: a wrong key maps each class to some class at random, and with only four a few of
+# five wrong keys kept 3 of 4 classes (best wrong key 0.25-0.61 over seeds 0-9).
+CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class FakeKey(standins.FakeKey):
@@ -24,33 +27,45 @@ class FakeKey(standins.FakeKey):
 PixelShuffle = standins.PixelShuffle
 
 
-def toy_set(n: int, seed: int) -> SimpleNamespace:
-    """ImageSet-like: each class has its own random template image, plus noise."""
-    templates = torch.randint(0, 2, (len(CLASSES), *SHAPE), generator=torch.Generator().manual_seed(0)) * 160
+def toy_set(n: int, seed: int, task: int = 0) -> SimpleNamespace:
+    """ImageSet-like: each class has its own random template image (drawn from `task`), plus noise."""
+    templates = torch.randint(0, 2, (len(CLASSES), *SHAPE), generator=torch.Generator().manual_seed(task)) * 160
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, len(CLASSES), (n,), generator=g)
     images = templates[labels] + torch.randint(0, 96, (n, *SHAPE), generator=g)
     return SimpleNamespace(images=images.to(torch.uint8), labels=labels, classes=CLASSES)
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """A linear classifier trained for a moment behind key 0."""
-    torch.manual_seed(0)
+def train_behind_key(seed: int = 0) -> nn.Module:
+    """A linear classifier trained for a moment behind key `seed` on task `seed`."""
+    torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(SHAPE), len(CLASSES)))
-    data = toy_set(256, seed=1)
+    data = toy_set(256, seed=1000 * seed + 1, task=seed)
     batches = list(zip(data.images.split(32), data.labels.split(32)))
-    train(model, PixelShuffle(FakeKey(0)), batches, epochs=3, lr=0.05, label_smoothing=0.0, device="cpu",
-          progress=False)
+    train(model, PixelShuffle(FakeKey(seed)), batches, epochs=3, lr=0.05, label_smoothing=0.0, device="cpu",
+          seed=seed, progress=False)
     return model
 
 
-def test_correct_key_beats_wrong_keys_and_plain_images(trained):
-    seeds = iter(range(100, 200))
-    results = evaluate_protection(trained, PixelShuffle, FakeKey(0), toy_set(400, seed=2), wrong_keys=5,
-                                  generate_key=lambda: FakeKey(next(seeds)), device="cpu", batch_size=128)
+def protection(model: nn.Module, seed: int = 0) -> dict:
+    """evaluate_protection of `train_behind_key(seed)` on fresh images, with 5 other keys."""
+    wrong = iter(range(1000 * seed + 100, 1000 * seed + 200))
+    return evaluate_protection(model, PixelShuffle, FakeKey(seed), toy_set(400, seed=1000 * seed + 2, task=seed),
+                               wrong_keys=5, generate_key=lambda: FakeKey(next(wrong)), device="cpu", batch_size=128)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    with single_thread():
+        return train_behind_key()
+
+
+def test_correct_key_beats_wrong_keys_and_plain_images(trained, one_thread):
+    results = protection(trained)
     correct = results["correct_key"]["accuracy"]
-    assert correct > 0.95
+    # seeds 0-9 x 1 thread, 0-4 x 2 threads (train_behind_key, protection): correct key 1.00-1.00
+    # (chance 0.1); correct minus the best wrong key 0.69-0.92, minus plain images 0.71-0.98
+    assert correct > 0.55
     assert results["wrong_keys"]["max"] < correct - 0.3
     assert results["plain_images"]["accuracy"] < correct - 0.3
     assert results["wrong_keys"]["min"] <= results["wrong_keys"]["mean"] <= results["wrong_keys"]["max"]

@@ -157,3 +157,26 @@ def test_straight_through_gradient():
     x = torch.rand(1, 3, 4, 4, requires_grad=True)
     F.block_transform(x, keys, ("ffx", "shuffle"), straight_through=True).mul(torch.arange(48.).view(1, 3, 4, 4)).sum().backward()
     assert torch.equal(x.grad, kpfast.Shuffle(keys).inverse(torch.arange(48.).view(1, 3, 4, 4)))
+
+
+def test_scramble_with_keys_or_a_program(no_modules):
+    g = generator()
+    keys = kpfast.KeySet.generate(2, rng=g, grid=(4, 4))
+    x = images(3, torch.uint8, g)
+    want = torch.from_numpy(ref.transform(x.numpy(), keys, ("scramble",)))
+    assert torch.equal(F.scramble(x, keys), want)
+    assert torch.equal(F.scramble(F.scramble(x.float() / 255, keys), keys, inverse=True), x.float() / 255)
+    program = plan.compile(keys, ("negpos", "scramble"), integer_input=True)
+    want = torch.from_numpy(ref.transform(x.numpy(), keys, ("negpos", "scramble")))
+    assert torch.equal(F.block_transform(x, program), want)
+    # a Program knows how many block locations it scrambles: images with another number are refused
+    with pytest.raises(ValueError, match="scrambles 16 block locations, but images of 4x4 pixels have 4 blocks"):
+        F.block_transform(x[..., :4, :4], program)
+    with pytest.raises(ValueError, match="make a 2x2 grid of 2x2 blocks, but the block-scrambling key"):
+        F.scramble(x[..., :4, :4], keys)
+
+
+def test_the_default_chain_is_the_three_in_block_transforms():
+    keys = kpfast.KeySet.generate(2, grid=(4, 4))
+    x = images(1, torch.uint8, generator())
+    assert torch.equal(F.block_transform(x, keys), F.block_transform(x, keys, plan.IN_BLOCK_TRANSFORMS))

@@ -105,46 +105,66 @@ def test_transform_loss_is_ce_minus_lambda_feature_mse():
 # --- training h_θ against a frozen ψ ------------------------------------------------------------
 
 
+def train_psi_and_transform(seed: int = 0):
+    """ψ (a tiny classifier) trained quickly on plain synthetic images, then h_θ (U-Net width 1/8)
+    trained against it with λ = 0.01: (ψ, h_θ, h_θ's FitResult, test set).
+
+    h_θ gets 372 steps of 16 images at lr 0.02 (the paper's 0.1 at batch 128 is about 0.0125 at
+    16). With 96 steps of 32 at lr 0.1 (width 1/4), protected accuracy ranged 20-76 % over seeds
+    0-4: some runs collapsed onto two classes in the first epoch, and the step schedule had cut
+    the rate before the others caught up. Some seeds still lose classes (seed 3: 58 %, flat from
+    epoch 4 on, at lr 0.02 and 0.05 alike), hence the loose bounds below."""
+    train_set, test_set = make_synthetic(1000, 300, seed=seed)
+    torch.manual_seed(seed)
+    psi = TinyClassifier()
+    train(psi, NORMALIZE, DeviceLoader(train_set, 32, shuffle=True, augment=True, seed=seed), epochs=3, lr=0.05,
+          label_smoothing=0.0, device="cpu", seed=seed, progress=False)
+    torch.manual_seed(1000 + seed)
+    features = early_layers(TinyClassifier(), 2, "random tiny CNN (tests only)")  # a fixed random F
+    loss = TransformLoss(psi, features, NORMALIZE, lam=0.01)
+    val, fit_set = train_set.subset(range(550)).split(0.1, seed=seed)
+    h = UNet(width=1 / 8)
+    result = train_transform(h, loss, fit_set, val, epochs=12, batch_size=16, lr=0.02, device="cpu", seed=seed,
+                             progress=False, log=lambda _: None)
+    return psi, h, result, test_set
+
+
+def protected_quality(psi, h, test_set) -> dict[str, float]:
+    """ψ's accuracy on plain and on protected 8-bit test images, and SSIM(x', x) against SSIM of a
+    3x3 box blur of x (a barely damaged image)."""
+    with torch.no_grad():
+        protected = quantize(protect(h, test_set.images))
+    return {"plain": evaluate(psi, NORMALIZE, [(test_set.images, test_set.labels)], "cpu")["accuracy"],
+            "protected": evaluate(psi, NORMALIZE, [(protected, test_set.labels)], "cpu")["accuracy"],
+            "ssim_protected": ssim(protected, test_set.images).mean().item(),
+            "ssim_blur": ssim(blur3(test_set.images), test_set.images).mean().item()}
+
+
 @pytest.fixture(scope="module")
 def trained():
-    """ψ (a tiny classifier) trained quickly on plain synthetic images, then h_θ (U-Net width
-    1/4) trained against it with λ = 0.01 for a few epochs."""
     with single_thread():
-        train_set, test_set = make_synthetic(1000, 300)
-        torch.manual_seed(0)
-        psi = TinyClassifier()
-        train(psi, NORMALIZE, DeviceLoader(train_set, 32, shuffle=True, augment=True), epochs=3, lr=0.05,
-              label_smoothing=0.0, device="cpu", progress=False)
-        torch.manual_seed(1)
-        features = early_layers(TinyClassifier(), 2, "random tiny CNN (tests only)")  # a fixed random F
-        loss = TransformLoss(psi, features, NORMALIZE, lam=0.01)
-        val, fit_set = train_set.subset(range(550)).split(0.1)
-        h = UNet(width=0.25)
-        result = train_transform(h, loss, fit_set, val, epochs=6, batch_size=32, device="cpu", progress=False)
-    return psi, h, result, test_set
+        return train_psi_and_transform()
 
 
 def test_transform_training_lowers_the_loss(trained):
     _, _, result, _ = trained
     losses = [row["train_loss"] for row in result.history]
-    assert losses[-1] < losses[0] - 0.5, losses  # measured: 2.45 -> 1.32
+    # seeds 0-9 x 1 thread, seed 0 x 2 threads: first minus last epoch 0.99-2.19 (an h_θ that does not
+    # learn: about 0)
+    assert losses[-1] < losses[0] - 0.4, losses
     assert result.history[result.best_epoch - 1]["val_loss"] == result.best_val_loss
     assert {"train_ce", "train_feat", "train_acc", "val_ce", "val_feat", "val_acc"} <= set(result.history[0])
 
 
 def test_psi_classifies_protected_images_that_look_unlike_the_plain_ones(trained):
     psi, h, _, test_set = trained
-    plain = evaluate(psi, NORMALIZE, [(test_set.images, test_set.labels)], "cpu")["accuracy"]
-    with torch.no_grad():
-        protected = quantize(protect(h, test_set.images))
-    accuracy = evaluate(psi, NORMALIZE, [(protected, test_set.labels)], "cpu")["accuracy"]
-    # measured: plain 95.7 %, protected 8-bit x' 58.0 % (chance 10 %) after 6 epochs on 495 images
-    assert plain > 0.8
-    assert accuracy > 0.35
-    ssim_protected = ssim(protected, test_set.images).mean().item()
-    ssim_blur = ssim(blur3(test_set.images), test_set.images).mean().item()
-    # measured: SSIM(x', x) 0.198 against 0.432 for a 3x3 box blur of x
-    assert ssim_protected < ssim_blur - 0.15
+    quality = protected_quality(psi, h, test_set)
+    # seeds 0-9 x 1 thread, seed 0 x 2 threads (chance 0.1): plain 0.92-0.97, protected 0.58-0.95
+    # (seed 0: 0.93 with 1 thread, 0.69 with 2); SSIM(x', x) 0.06-0.26 against 0.42-0.43 for the
+    # blur, a ratio of 0.13-0.61 (a copy of x: about 2.3)
+    assert quality["plain"] > 0.5, quality
+    assert quality["protected"] > 0.3, quality
+    assert quality["ssim_protected"] < 0.8 * quality["ssim_blur"], quality
 
 
 class _AfterOneEpoch:

@@ -378,7 +378,8 @@ def test_load_edited_field_fails_checksum(saved) -> None:
 
 @pytest.mark.parametrize("field, value, message", [
     ("format", "something-else", "not a kpfast key file"),
-    ("version", 2, r"unsupported key file version 2; supported versions: 1"),
+    ("version", 3, r"unsupported key file version 3; supported versions: 1, 2"),
+    ("version", 2, "missing field.*grid, block_perm"),
     ("version", "1", "unsupported key file version"),
     ("perm", [0, 1, 2, 2], "not a permutation"),
     ("perm", [0, 1, 2], "perm must have shape"),
@@ -718,6 +719,8 @@ def test_edits_keep_the_ffx_table(count_tables: list[bytes]) -> None:
     (lambda k: k.swap(0, 4), r"j must be a position in \[0, 4\)"),
     (lambda k: k.swap(-1, 0), "i must be a position"),
     (lambda k: k.swap(0.0, 1), "i must be a position"),
+    (lambda k: k.swap(0, 1, op="negpos"), "'shuffle' or 'scramble'"),
+    (lambda k: k.swap(0, 1, op="scramble"), "no block-scrambling key"),
     (lambda k: k.flip("shuffle", 0), "'negpos' or 'ffx'"),
     (lambda k: k.flip("ffx", 4), "l must be a position"),
     (lambda k: k.replace(perm=[0, 0, 1, 2]), "not a permutation"),
@@ -745,3 +748,161 @@ def test_agreement_against_numpy() -> None:
         a.agreement(KeySet.generate(2))
     with pytest.raises(TypeError):
         a.agreement("key")
+
+
+# --- block-scrambling keys and key file version 2 ----------------------------------------------
+
+def fingerprint_by_the_spec(fields: dict) -> str:
+    """docs/semantics.md §2.1: 16 hex characters of SHA-256 over a domain tag and the canonical
+    JSON of the key file's fields (without the checksum)."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return hashlib.sha256(b"kpfast-keyset-fingerprint-v1\x00" + canonical).hexdigest()[:16]
+
+
+def test_generate_with_a_grid_draws_a_block_permutation() -> None:
+    before = rng_states()
+    key = KeySet.generate(4, 3, grid=(7, 9))
+    assert key.grid == (7, 9) and key.block_perm.dtype == torch.int64
+    assert sorted(key.block_perm.tolist()) == list(range(63))
+    assert KeySet.generate(4, 3, grid=(7, 9)).block_perm.tolist() != key.block_perm.tolist()
+    assert_same_rng_states(before, rng_states())  # the CSPRNG, not the global generators
+    plain = KeySet.generate(4, 3)
+    assert plain.grid is None and plain.block_perm is None
+    for make in (lambda: np.random.default_rng(3), lambda: torch.Generator().manual_seed(3)):
+        a = KeySet.generate(2, 1, grid=(3, 4), rng=make())
+        assert a == KeySet.generate_many(1, 2, 1, grid=(3, 4), rng=make())[0]
+        # the in-block parts are drawn as without a grid
+        assert torch.equal(a.perm, KeySet.generate(2, 1, rng=make()).perm)
+
+
+def test_block_permutations_are_uniform(no_ffx_tables) -> None:
+    # 20,000 keys, B = 12 locations: every (location, source) count within 8 standard deviations
+    # of n / B, and pairs of locations jointly uniform over distinct sources (as for perm).
+    n, B = 20_000, 12
+    keys = KeySet.generate_many(n, 1, 1, grid=(3, 4), rng=np.random.default_rng(int(torch.randint(1 << 30, ()))))
+    perms = np.stack([k.block_perm.numpy() for k in keys])
+    counts = np.zeros((B, B))
+    np.add.at(counts, (np.arange(B)[None].repeat(n, 0), perms), 1)
+    assert (np.abs(counts - n / B) < 8 * (n / B * (1 - 1 / B)) ** 0.5).all()
+    pairs = np.zeros((B, B))
+    np.add.at(pairs, (perms[:, 0], perms[:, 1]), 1)
+    expected = n / (B * (B - 1))
+    off = ~np.eye(B, dtype=bool)
+    assert (np.diag(pairs) == 0).all() and (np.abs(pairs[off] - expected) < 8 * expected ** 0.5).all()
+    csprng = KeySet.generate_many(200, 1, 1, grid=(3, 4))
+    assert len({tuple(k.block_perm.tolist()) for k in csprng}) > 190
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(grid=(2, 2)), "together"),
+    (dict(block_perm=[0, 1, 2, 3]), "together"),
+    (dict(grid=(2, 2), block_perm=[0, 1, 2]), r"block_perm must have shape \(4,\)"),
+    (dict(grid=(2, 2), block_perm=[0, 1, 2, 2]), "block_perm is not a permutation"),
+    (dict(grid=(0, 2), block_perm=[]), "grid rows must be >= 1"),
+    (dict(grid=(2,), block_perm=[0, 1]), "grid must be"),
+    (dict(grid="2x2", block_perm=[0, 1, 2, 3]), "grid must be"),
+    (dict(grid=(2, 2.0), block_perm=[0, 1, 2, 3]), "grid columns must be an int"),
+    (dict(grid=(1025, 1024), block_perm=[0]), r"exceeds the limit of 1048576 \(kpfast.keys.MAX_BLOCKS\)"),
+])
+def test_block_scrambling_key_is_checked(kwargs, message: str) -> None:
+    with pytest.raises(InvalidKeyError, match=message):
+        small_key(**kwargs)
+
+
+def test_block_permutation_is_part_of_the_identity() -> None:
+    a = small_key(grid=(2, 3), block_perm=[5, 0, 1, 2, 3, 4])
+    assert a == small_key(grid=(2, 3), block_perm=[5, 0, 1, 2, 3, 4])
+    others = [small_key(), small_key(grid=(2, 3), block_perm=[0, 5, 1, 2, 3, 4]),
+              small_key(grid=(3, 2), block_perm=[5, 0, 1, 2, 3, 4])]
+    for other in others:
+        assert other != a and other.fingerprint() != a.fingerprint()
+    assert repr(a) == f"KeySet(block_size=1, channels=4, grid=(2, 3), fingerprint={a.fingerprint()})"
+    with spawning():
+        assert pickle.loads(pickle.dumps(a)) == a
+        tables = KeySet.from_tables(a.perm, a.np_mask, a.ffx_mask, a.ffx_lut, block_size=1, channels=4,
+                                    grid=(2, 3), block_perm=a.block_perm)
+        assert pickle.loads(pickle.dumps(tables)) == tables and tables.grid == (2, 3)
+
+
+def test_key_file_version_2_round_trip(tmp_path: Path) -> None:
+    key = KeySet.generate(4, 3, grid=(8, 8))
+    path = tmp_path / "key.json"
+    key.save(path)
+    doc = json.loads(path.read_text())
+    assert doc["version"] == 2 and doc["grid"] == [8, 8] and doc["block_perm"] == key.block_perm.tolist()
+    loaded = KeySet.load(path)
+    assert loaded == key and loaded.grid == (8, 8) and mode(path) == 0o600
+    assert key.fingerprint() == fingerprint_by_the_spec({k: v for k, v in doc.items() if k != "sha256"})
+
+
+def test_keys_without_a_grid_keep_version_1_files_and_fingerprints(tmp_path: Path) -> None:
+    path = tmp_path / "key.json"
+    small_key().save(path)
+    doc = json.loads(path.read_text())
+    assert doc["version"] == 1 and "grid" not in doc and "block_perm" not in doc
+    assert small_key().fingerprint() == fingerprint_by_the_spec({k: v for k, v in doc.items() if k != "sha256"})
+    # a version-1 file as earlier kpfast wrote it (fields of the spec, checksum by hand) still loads
+    v1 = {"format": "kpfast-keyset", "version": 1, "block_size": 1, "channels": 2, "perm": [1, 0],
+          "np_mask": "10", "ffx_mask": "01", "ffx_password": "00ff"}
+    write_doc(tmp_path / "v1.json", v1)
+    assert KeySet.load(tmp_path / "v1.json") == KeySet(1, 2, [1, 0], [True, False], [False, True], b"\x00\xff")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("block_perm", [0, 1, 2, 2], "block_perm is not a permutation"),
+    ("block_perm", [0, 1, 2], r"block_perm must have shape \(4,\)"),
+    ("block_perm", "0123", "block_perm must be a list of integers"),
+    ("grid", [2, 2, 1], "grid must be"),
+    ("grid", [0, 4], "grid rows"),
+    ("grid", "2x2", "grid must be a list of integers"),
+    ("grid", [True, 4], "grid must be a list of integers"),
+])
+def test_load_rejects_invalid_block_scrambling_keys(tmp_path: Path, field: str, value, message: str) -> None:
+    path = tmp_path / "key.json"
+    small_key(grid=(2, 2), block_perm=[3, 2, 1, 0]).save(path)
+    doc = json.loads(path.read_text())
+    doc[field] = value
+    write_doc(path, doc)
+    with pytest.raises(KeyFileError, match=message):
+        KeySet.load(path)
+
+
+def test_version_1_file_with_a_grid_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "key.json"
+    small_key(grid=(2, 2), block_perm=[3, 2, 1, 0]).save(path)
+    doc = json.loads(path.read_text())
+    write_doc(path, {**doc, "version": 1})
+    with pytest.raises(KeyFileError, match="unknown field.*block_perm, grid"):
+        KeySet.load(path)
+
+
+def test_block_scrambling_edits_and_agreement() -> None:
+    g = torch.Generator().manual_seed(int(torch.randint(1 << 30, ())))
+    key = KeySet.generate(2, 3, grid=(4, 5), rng=g)
+    i, j = torch.randperm(20, generator=g)[:2].tolist()
+    swapped = key.swap(i, j, op="scramble")
+    want = key.block_perm.tolist()
+    want[i], want[j] = want[j], want[i]
+    assert swapped.block_perm.tolist() == want and torch.equal(swapped.perm, key.perm)
+    assert swapped.swap(i, j, op="scramble") == key and key.swap(0, 1).block_perm is key.block_perm
+    assert key.agreement(swapped) == {"perm": 1.0, "np_mask": 1.0, "ffx_mask": 1.0, "ffx_lut": 1.0,
+                                      "block_perm": 18 / 20}
+    other = torch.randperm(20, generator=g)
+    replaced = key.replace(block_perm=other)
+    assert replaced.block_perm.tolist() == other.tolist() and replaced.grid == (4, 5)
+    assert key.agreement(replaced)["block_perm"] == float(np.mean(key.block_perm.numpy() == other.numpy()))
+    regridded = key.replace(grid=(2, 2), block_perm=[1, 0, 3, 2])
+    assert regridded.grid == (2, 2) and regridded.block_perm.tolist() == [1, 0, 3, 2]
+    plain = key.replace()  # unchanged, grid included
+    assert plain == key
+    without = KeySet.generate(2, 3, rng=g)
+    assert "block_perm" not in key.agreement(without)
+    assert without.replace(grid=(1, 2), block_perm=[1, 0]).grid == (1, 2)
+    with pytest.raises(InvalidKeyError, match="different grids"):
+        key.agreement(regridded)
+    with pytest.raises(InvalidKeyError, match="needs a new block_perm"):
+        key.replace(grid=(2, 2))
+    with pytest.raises(InvalidKeyError, match="give the grid with block_perm"):
+        without.replace(block_perm=[0])
+    with pytest.raises(InvalidKeyError, match="not a permutation"):
+        key.replace(block_perm=[0] * 20)

@@ -16,7 +16,7 @@ def random_lut_args(n=3, c=3, h=8, w=8, M=4, K=1, T=3, V=256, dtype=torch.uint8,
     table_id = torch.randint(0, T, (K, L))
     tables = torch.randn(T, V).to(out_dtype)
     key_index = torch.randint(0, K, (n,)) if K > 1 else None
-    return x, src, table_id, tables, M, 255.0, "floor", key_index
+    return x, src, table_id, tables, M, 255.0, "floor", key_index, None  # no block scrambling
 
 
 def random_affine_args(n=3, c=3, h=8, w=8, M=4, K=1, dtype=torch.float32, requires_grad=False):
@@ -25,11 +25,13 @@ def random_affine_args(n=3, c=3, h=8, w=8, M=4, K=1, dtype=torch.float32, requir
     src = torch.stack([torch.randperm(L) for _ in range(K)])
     params = torch.rand(K, 4, L, dtype=torch.float64) + 0.5
     key_index = torch.randint(0, K, (n,)) if K > 1 else None
-    return x, src, params, M, key_index
+    return x, src, params, M, key_index, None  # no block scrambling
 
 
-def naive_lut(x, src, table_id, tables, M, qscale, rounding, key_index):
-    """Per-element loops straight from the schema's definition (slow, obviously right)."""
+def naive_lut(x, src, table_id, tables, M, qscale, rounding, key_index, block_src=None):
+    """Per-element loops straight from the schema's definition (slow, obviously right); no block
+    scrambling (tests/test_ops_scramble.py has its reference)."""
+    assert block_src is None
     N, C, H, W = x.shape
     out = torch.empty(N, C, H, W, dtype=tables.dtype)
     for n in range(N):
@@ -94,7 +96,7 @@ def test_opcheck_channels_last():
 
 @pytest.mark.parametrize("K", [1, 2])
 def test_block_affine_gradcheck(K):
-    x, src, params, M, key_index = random_affine_args(n=2, c=2, h=4, w=4, M=2, K=K, dtype=torch.float64,
+    x, src, params, M, key_index, _ = random_affine_args(n=2, c=2, h=4, w=4, M=2, K=K, dtype=torch.float64,
                                                       requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: ops.block_affine(t, src, params, M, key_index), (x,))
 
@@ -110,7 +112,7 @@ def repeating_src(K, L):
 @pytest.mark.parametrize("K", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_block_affine_gradcheck_without_a_permutation(K, channels_last):
-    x, _, params, M, key_index = random_affine_args(n=3, c=2, h=4, w=4, M=2, K=K, dtype=torch.float64)
+    x, _, params, M, key_index, _ = random_affine_args(n=3, c=2, h=4, w=4, M=2, K=K, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
@@ -119,7 +121,7 @@ def test_block_affine_gradcheck_without_a_permutation(K, channels_last):
 
 
 def test_block_affine_gradient_follows_src_changed_in_place():
-    x, src, params, M, _ = random_affine_args(n=2, c=1, h=4, w=4, M=2, dtype=torch.float64, requires_grad=True)
+    x, src, params, M, _, _ = random_affine_args(n=2, c=1, h=4, w=4, M=2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: ops.block_affine(t, src, params, M), (x,))
     src[0, 0] = src[0, 1]  # no longer a permutation: the cached answer must not be reused
     assert torch.autograd.gradcheck(lambda t: ops.block_affine(t, src, params, M), (x,))
@@ -127,7 +129,7 @@ def test_block_affine_gradient_follows_src_changed_in_place():
 
 def test_scatter_gradient_equals_the_inverse_gather_on_permutations():
     """The general gradient, on a permutation, is the fast one bit for bit (the same rounding)."""
-    x, src, params, M, key_index = random_affine_args(n=4, c=3, h=8, w=8, M=4, K=3)
+    x, src, params, M, key_index, _ = random_affine_args(n=4, c=3, h=8, w=8, M=4, K=3)
     params[:, ops.BIAS], params[:, ops.SUB] = torch.randn(2, 3, 48, dtype=torch.float64)
     grad = torch.randn_like(x).contiguous(memory_format=torch.channels_last)
     fast = ops._inverse_gather(grad, src, params, M, key_index)
@@ -146,7 +148,7 @@ def test_permutation_backward_is_one_op_call():
             self.names.append(str(func.overloadpacket))
             return func(*args, **(kwargs or {}))
 
-    x, src, params, M, key_index = random_affine_args(K=2, requires_grad=True)
+    x, src, params, M, key_index, _ = random_affine_args(K=2, requires_grad=True)
     out = ops.block_affine(x, src, params, M, key_index)
     ops._known_permutations(src)  # the check is cached per key tensor; count the steady state
     with Calls() as calls:
@@ -155,7 +157,7 @@ def test_permutation_backward_is_one_op_call():
 
 
 def test_compiled_backward_refuses_a_non_permutation():
-    x, _, params, M, _ = random_affine_args(n=2, c=1, h=4, w=4, M=2, requires_grad=True)
+    x, _, params, M, _, _ = random_affine_args(n=2, c=1, h=4, w=4, M=2, requires_grad=True)
     src = repeating_src(1, 4)
     step = torch.compile(lambda t: ops.block_affine(t, src, params, M).sum(), fullgraph=True, backend="aot_eager")
     with pytest.raises(RuntimeError, match="needs src rows that are permutations"):

@@ -1,11 +1,13 @@
 """A seeded random fuzz of the two raw ops: arguments in and out of range, odd strides, zero sizes,
-non-contiguous and channels_last inputs, many keys, bad key_index values.
+non-contiguous and channels_last inputs, many keys, bad key_index values, block scrambling
+(block_src) and out= buffers of every layout.
 
 Every call must either return what an independent reference computes from the schemas
-(csrc/schemas.h) in plain torch, bit for bit and in the input's memory format, or raise a
-RuntimeError that names the op, and it must raise exactly when the reference refuses the
-arguments. The fake kernel (torch.compile, torch.export) must refuse exactly the arguments whose
-shapes, dtypes or scalars are bad (bad key values only the kernels can see).
+(csrc/schemas.h) in plain torch, bit for bit and in the input's memory format (or in the out=
+buffer, which it returns), or raise a RuntimeError that names the op, and it must raise exactly when
+the reference refuses the arguments. The fake kernel (torch.compile, torch.export) must refuse
+exactly the arguments whose shapes, dtypes or scalars are bad (bad key values, and an out= buffer
+that shares memory with an argument, only the kernels can see).
 
 KPFAST_FUZZ_CASES (default 300 per op) and KPFAST_FUZZ_SEED (default 0) size and replay a run;
 scripts/sanitize.sh runs many more cases under AddressSanitizer and UndefinedBehaviorSanitizer.
@@ -55,6 +57,51 @@ def reference_geometry(x, src, M):
     return N, C, L, src.shape[0]
 
 
+def reference_block_src(block_src, x, M, K):
+    """The number of blocks B of an image, after checking block_src's shape and dtype."""
+    B = (x.shape[2] // M) * (x.shape[3] // M)
+    if block_src is not None:
+        require(block_src.dim() == 2 and block_src.shape == (K, B) and block_src.dtype == torch.int64, "block_src")
+    return B
+
+
+def elements_are_distinct(t):
+    """Every element's memory offset, counted: all different."""
+    offsets = torch.zeros((), dtype=torch.int64)
+    for d, (size, stride) in enumerate(zip(t.shape, t.stride())):
+        offsets = offsets.unsqueeze(-1) + torch.arange(size) * stride
+    return offsets.unique().numel() == t.numel()
+
+
+def share_memory(a, b):
+    if a is None or a.numel() == 0 or b.numel() == 0:
+        return False
+
+    def span(t):
+        return t.data_ptr(), t.data_ptr() + (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+def reference_out(out, x, dtype, args):
+    """An out= buffer: the output's shape and dtype, one memory location per element, and no
+    memory shared with an argument (which only the eager op sees)."""
+    if out is None:
+        return
+    require(out.shape == x.shape and out.dtype == dtype and elements_are_distinct(out), "out")
+    require(not any(isinstance(a, torch.Tensor) and share_memory(out, a) for a in args), "out shares memory", "values")
+
+
+def scramble(b, block_src, keys):
+    """Output block j of each image n reads its block block_src[keys[n], j] (row-major)."""
+    if block_src is None:
+        return b
+    N, bh, bw, L = b.shape
+    index = block_src[keys].view(N, bh * bw, 1).expand(N, bh * bw, L)
+    return b.reshape(N, bh * bw, L).gather(1, index).reshape(N, bh, bw, L)
+
+
 def reference_keys(key_index, N, K):
     if key_index is None:
         require(K == 1, "several keys but no key_index")
@@ -94,7 +141,7 @@ def math_type(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def reference_lut(x, src, table_id, tables, M, qscale, rounding, key_index):
+def reference_lut(x, src, table_id, tables, M, qscale, rounding, key_index, block_src, out=None):
     N, C, L, K = reference_geometry(x, src, M)
     require(x.dtype == torch.uint8 or x.dtype in FLOATS, "image dtype")
     require(table_id.shape == (K, L) and table_id.dtype == torch.int64, "table_id")
@@ -104,10 +151,13 @@ def reference_lut(x, src, table_id, tables, M, qscale, rounding, key_index):
     require(math.isfinite(qscale) and 0 < qscale <= FLOAT_MAX, "qscale")
     require(rounding in ("floor", "nearest"), "rounding")
     keys = reference_keys(key_index, N, K)
-    check_values(x, [(in_range(src, L), "src"), (in_range(table_id, T), "table_id"), (in_range(keys, K), "key_index")])
+    B = reference_block_src(block_src, x, M, K)
+    reference_out(out, x, tables.dtype, (x, src, table_id, tables, key_index, block_src))
+    check_values(x, [(in_range(src, L), "src"), (in_range(table_id, T), "table_id"), (in_range(keys, K), "key_index"),
+                     (block_src is None or in_range(block_src, B), "block_src")])
     if x.numel() == 0:
         return torch.empty(x.shape, dtype=tables.dtype)
-    b = to_blocks(x, M)
+    b = scramble(to_blocks(x, M), block_src, keys)
     v = b.gather(3, per_image(src, keys, b))
     if x.dtype == torch.uint8:
         level = v.long()
@@ -118,15 +168,18 @@ def reference_lut(x, src, table_id, tables, M, qscale, rounding, key_index):
     return from_blocks(tables[per_image(table_id, keys, b), level], M, C)
 
 
-def reference_affine(x, src, params, M, key_index):
+def reference_affine(x, src, params, M, key_index, block_src, out=None):
     N, C, L, K = reference_geometry(x, src, M)
     require(x.dtype in FLOATS, "image dtype")
     require(params.shape == (K, 4, L) and params.dtype == torch.float64, "params")
     keys = reference_keys(key_index, N, K)
-    check_values(x, [(in_range(src, L), "src"), (in_range(keys, K), "key_index")])
+    B = reference_block_src(block_src, x, M, K)
+    reference_out(out, x, x.dtype, (x, src, params, key_index, block_src))
+    check_values(x, [(in_range(src, L), "src"), (in_range(keys, K), "key_index"),
+                     (block_src is None or in_range(block_src, B), "block_src")])
     if x.numel() == 0:
         return torch.empty(x.shape, dtype=x.dtype)
-    b = to_blocks(x, M)
+    b = scramble(to_blocks(x, M), block_src, keys)
     v = b.gather(3, per_image(src, keys, b)).to(math_type(x.dtype))
     scale, bias, sub, div = (per_image(params[:, j].to(v.dtype), keys, b) for j in range(4))
     return from_blocks((scale * v + bias - sub) / div, M, C).to(x.dtype)
@@ -231,10 +284,40 @@ class Case:
             key_index = self.index("key_index", (N,), K)
             if self.pick("key_index.dropped", [False] * 20, [True]):
                 key_index = None
-        return x, src, M, key_index, K, L
+        block_src = None
+        if self.pick("block_src.given", [False, True]) and x.dim() == 4 and M >= 1:
+            B = (x.shape[2] // M) * (x.shape[3] // M)
+            if self.pick("block_src", ["perm", "perm", "random"]) == "perm" and K:
+                block_src = torch.stack([torch.randperm(B, generator=self.gen) for _ in range(K)])
+                block_src = self.index("block_src", (K, B), B) if self.pick("block_src.check", [False] * 6, [True]) else block_src
+            else:
+                block_src = self.index("block_src", (K, B), B)
+        return x, src, M, key_index, K, L, block_src
+
+    def out(self, x, dtype, args):
+        """Sometimes an out= buffer: mostly the right one in any layout, now and then of another shape
+        or dtype, with elements that share memory, or sharing memory with an argument."""
+        if not self.pick("out.given", [False, False, True]) or x.dim() != 4:
+            return None
+        kind = self.pick("out.kind", ["good"] * 12, ["shape", "dtype", "an argument", "overlapping"], p_rare=0.25)
+        if kind == "an argument":  # laid over the memory of an argument, if one has enough
+            size = torch.empty(0, dtype=dtype).element_size()
+            need = x.numel() * size
+            big = [a for a in args if isinstance(a, torch.Tensor) and a.numel() and a.untyped_storage().nbytes() >= need]
+            if big:
+                a = self.rng.choice(big)
+                offset = min(a.storage_offset() * a.element_size(), a.untyped_storage().nbytes() - need) // size
+                return torch.empty(0, dtype=dtype).set_(a.untyped_storage(), offset, x.shape)
+            kind = "overlapping"
+        shape = tuple(x.shape) if kind != "shape" else (*x.shape[:-1], x.shape[-1] + 1)
+        if kind == "dtype":
+            dtype = self.rng.choice([d for d in FLOATS if d != dtype])
+        layouts = ("contiguous", "channels_last", "transpose", "strided", "permuted")
+        out = self.tensor("out", dtype, shape, ("expand", "huge_strides") if kind == "overlapping" else layouts)
+        return out
 
     def lut_args(self):
-        x, src, M, key_index, K, L = self.common("lut")
+        x, src, M, key_index, K, L, block_src = self.common("lut")
         T = self.pick("T", [1, 2, 5], [0])
         uint8 = x.dtype == torch.uint8
         V = self.pick("V", [256, 300] if uint8 else [1, 2, 256, 1000], [0, 255, 3])
@@ -245,26 +328,32 @@ class Case:
         qscale = self.pick("qscale", [255.0, 255.0, 1.0, 999.0, 0.5, 1e6],
                            [0.0, -255.0, math.nan, math.inf, -math.inf, 1e39, 1e-30])
         rounding = self.pick("rounding", ["floor", "nearest"], ["up", ""])
-        return x, src, table_id, tables, M, qscale, rounding, key_index
+        args = (x, src, table_id, tables, M, qscale, rounding, key_index, block_src)
+        return args, self.out(x, tables.dtype, args)
 
     def affine_args(self):
-        x, src, M, key_index, K, L = self.common("affine")
+        x, src, M, key_index, K, L, block_src = self.common("affine")
         shape = self.pick("params.shape", [(K, 4, L)] * 15, [(K, 3, L), (K + 1, 4, L), (K, 4, L + 1)])
         params = self.tensor("params", self.pick("params.dtype", [torch.float64] * 15, [torch.float32]), shape)
-        return x, src, params, M, key_index
+        args = (x, src, params, M, key_index, block_src)
+        return args, self.out(x, x.dtype, args)
 
 
 OPS = {
-    "block_lut": (torch.ops.kpfast.block_lut.default, reference_lut, Case.lut_args),
-    "block_affine": (torch.ops.kpfast.block_affine.default, reference_affine, Case.affine_args),
+    "block_lut": (torch.ops.kpfast.block_lut, reference_lut, Case.lut_args),
+    "block_affine": (torch.ops.kpfast.block_affine, reference_affine, Case.affine_args),
 }
 
 
-def run_fake(op, args):
+def call(op, args, out):
+    return op.default(*args) if out is None else op.out(*args, out=out)
+
+
+def run_fake(op, args, out):
     mode = FakeTensorMode()
     fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
     with mode:
-        op(*fake)
+        call(op, fake, None if out is None else mode.from_tensor(out))
 
 
 def outcome(fn, *args, errors=(RuntimeError,)):
@@ -280,19 +369,22 @@ def test_random_arguments(name):
     counts = {"computed": 0, "refused": 0}
     for i in range(CASES):
         case = Case(SEED * 1_000_003 + i)
-        args = make_args(case)
+        args, out = make_args(case)
         where = f"case {i} (KPFAST_FUZZ_SEED={SEED}): " + ", ".join(case.notes)
-        expected, why = outcome(reference, *args, errors=Refused)
-        actual, error = outcome(op, *args)
+        expected, why = outcome(reference, *args, out, errors=Refused)
+        actual, error = outcome(call, op, args, out)
         if why is None:
             assert error is None, f"{where}: the op refused valid arguments: {error}"
             torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{where}: {m}")
-            fmt = torch.channels_last if x_is_channels_last(args[0]) else torch.contiguous_format
-            assert actual.is_contiguous(memory_format=fmt), f"{where}: output not in the input's memory format"
+            if out is None:
+                fmt = torch.channels_last if x_is_channels_last(args[0]) else torch.contiguous_format
+                assert actual.is_contiguous(memory_format=fmt), f"{where}: output not in the input's memory format"
+            else:
+                assert actual is out, f"{where}: out= did not return its buffer"
         else:
             assert error is not None, f"{where}: the op computed a result for bad arguments ({why})"
             assert f"kpfast.{name}: " in str(error), f"{where}: the error does not name the op: {error}"
-        _, fake_error = outcome(run_fake, op, args)
+        _, fake_error = outcome(run_fake, op, args, out)
         refused_by_shape = why is not None and why.kind == "args"
         assert (fake_error is not None) == refused_by_shape, (
             f"{where}: fake kernel {'refused' if fake_error else 'accepted'} ({fake_error}), reference: {why}")

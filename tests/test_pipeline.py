@@ -17,6 +17,7 @@ from kpfast.data.pipeline import StreamLoader, TransformCollate
 from kpfast.engine import Ranks
 from kpfast.errors import ConfigError, DataError, DataNotFoundError
 from kpfast.normalize import Normalize
+import reference as ref
 
 Image = pytest.importorskip("PIL.Image")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -124,8 +125,9 @@ def test_stream_errors_name_the_problem(folder, tmp_path):
 class Indexed(torch.utils.data.Dataset):
     """Random uint8 images whose label is their index, so a batch says which images it holds."""
 
-    def __init__(self, n=37, shape=(3, 8, 8)):
-        self.images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    def __init__(self, n=37, shape=(3, 8, 8), seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
 
     def __len__(self):
         return len(self.images)
@@ -151,6 +153,61 @@ def test_batches_are_the_transform_of_their_images_in_the_engines_epoch_order(wo
         for (x, _), (want, _) in zip(raw, reference, strict=True):
             assert torch.equal(x, want)
     assert len(loader) == 5
+
+
+def fresh_seed():
+    return int(torch.randint(1 << 30, ()))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_loader_matches_the_plain_path_on_fresh_random_images(workers):
+    """Batches transformed in the workers into the ring are, bit for bit, the plain path (the
+    transform applied in this process to the stacked images) and the numpy reference."""
+    seed = fresh_seed()
+    data, keys = Indexed(n=45, shape=(3, 16, 24), seed=seed), KeySet.generate(4)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    t = BlockTransform(keys, ("shuffle", "negpos", "ffx"), mean=mean, std=std)
+    loader = StreamLoader(data, 12, transform=t, num_workers=workers, seed=seed)
+    seen = []
+    for x, y in loader:
+        plain = t(torch.stack([data[i][0] for i in y.tolist()]))
+        want = torch.from_numpy(ref.transform(data.images[y].numpy(), keys, ("shuffle", "negpos", "ffx"),
+                                              mean=mean, std=std))
+        assert torch.equal(x, plain) and torch.equal(x, want), seed
+        seen += y.tolist()
+    assert sorted(seen) == list(range(len(data)))  # 45 = 3 * 12 + 9: the short last batch too
+
+
+def test_collate_keeps_its_stacking_buffer_and_stays_exact():
+    """With out=, the uint8 batch is stacked into one kept buffer (no fresh batch per call): new
+    images, a smaller last batch and another image size all give the transform of the images."""
+    t = keyed()
+    collate = TransformCollate(t)
+    out = torch.empty(6, 3, 8, 8)
+    kept = None
+    for n in (6, 6, 4, 6):
+        data = Indexed(n=n, seed=fresh_seed())
+        x, _ = collate([data[i] for i in range(n)], out=out[:n])
+        assert torch.equal(x, t(data.images))
+        if kept is None:
+            kept = collate._stacked.data_ptr()
+        assert collate._stacked.data_ptr() == kept  # the same buffer every time
+    larger = Indexed(n=2, shape=(3, 16, 16), seed=fresh_seed())
+    x, _ = collate([larger[0], larger[1]], out=torch.empty(2, 3, 16, 16))
+    assert torch.equal(x, t(larger.images))
+    # Without out=, the result is a fresh tensor even for a transform that returns its input.
+    identity = TransformCollate(torch.nn.Identity())
+    a, _ = identity([larger[0], larger[1]])
+    b, _ = identity([larger[1], larger[0]])
+    assert torch.equal(a, larger.images) and torch.equal(b, larger.images.flip(0))
+
+
+def test_exported_from_kpfast_data():
+    import kpfast.data as data
+    from kpfast.data import pipeline
+
+    assert (data.StreamLoader, data.TransformCollate, data.ImageFolderStream) == (
+        pipeline.StreamLoader, pipeline.TransformCollate, ImageFolderStream)
 
 
 def test_cpu_batches_are_views_of_the_shared_ring():

@@ -14,8 +14,8 @@ import reference as ref
 from kpfast import plan
 from kpfast.program import AffineLaunch, LutLaunch, Program
 
-OPS = plan.TRANSFORMS
-# every chain of distinct transforms: 3 + 6 + 6 orderings
+OPS = plan.IN_BLOCK_TRANSFORMS
+# every chain of distinct in-block transforms: 3 + 6 + 6 orderings
 DISTINCT_CHAINS = [c for n in (1, 2, 3) for c in itertools.permutations(OPS, n)]
 CIFAR = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))
 
@@ -316,3 +316,55 @@ def test_programs_built_in_inference_mode_serve_autograd():
     t(x).sum().backward()
     kpfast.functional.negpos(x, keys).sum().backward()
     assert torch.equal(first, t(x.detach())) and x.grad is not None
+
+
+# --- block scrambling: one more gather, in the first launch -----------------------------------
+
+def test_transforms_names_every_transform_and_the_default_chain_is_the_papers():
+    assert plan.TRANSFORMS == ("shuffle", "negpos", "ffx", "scramble")
+    assert plan.IN_BLOCK_TRANSFORMS == ("shuffle", "negpos", "ffx")
+    keys = kpfast.KeySet.generate(2)
+    assert kpfast.BlockTransform(keys).ops == plan.IN_BLOCK_TRANSFORMS
+    assert plan.compile(keys, integer_input=True).ops == plan.IN_BLOCK_TRANSFORMS
+
+
+@pytest.mark.parametrize("ops", DISTINCT_CHAINS, ids="+".join)
+def test_scrambling_adds_no_launch(ops):
+    g = torch.Generator().manual_seed(seed())
+    password = kpfast.KeySet.generate(2, rng=g).ffx_password
+    keys = [k.replace(ffx_password=password) for k in kpfast.KeySet.generate_many(2, 2, grid=(4, 3), rng=g)]
+    block_perm = torch.stack([k.block_perm for k in keys])
+    for place in range(len(ops) + 1):
+        chain = ops[:place] + ("scramble",) + ops[place:]
+        for integer_input, inverse in itertools.product((True, False), (False, True)):
+            if integer_input and inverse:
+                continue  # inverse chains take float input
+            program = plan.compile(keys, chain, integer_input=integer_input, inverse=inverse, rounding="nearest")
+            kinds = ["block_affine" if isinstance(l, AffineLaunch) else "block_lut" for l in program.launches]
+            assert kinds == expected_launches(ops, integer_input, inverse, False), (chain, integer_input, inverse)
+            first, *rest = program.launches
+            want = torch.argsort(block_perm, dim=1) if inverse else block_perm
+            assert torch.equal(first.block_src, want) and all(l.block_src is None for l in rest)
+            # the in-block part is the chain's without scrambling
+            alone = plan.compile(keys, ops, integer_input=integer_input, inverse=inverse, rounding="nearest")
+            for a, b in zip(program.launches, alone.launches):
+                assert torch.equal(a.src, b.src)
+    x = images(4, 3, 8, 6, torch.uint8, g)
+    key_index = torch.tensor([1, 0, 0, 1])
+    t = kpfast.BlockTransform(keys, ("scramble", *ops), rounding="nearest", **CIFAR)
+    t(x, key_index)
+    with torch.no_grad(), RecordOps() as record:
+        out = t(x, key_index)
+    assert record.kpfast_ops() == ["block_lut"]
+    for n, k in enumerate(key_index.tolist()):
+        want = reference(x[n:n + 1], keys[k], ("scramble", *ops), rounding="nearest", **CIFAR)
+        assert torch.equal(out[n:n + 1], want)
+
+
+def test_scrambling_needs_keys_for_one_grid():
+    with pytest.raises(ValueError, match="no block-scrambling key"):
+        plan.compile(kpfast.KeySet.generate(2), ("shuffle", "scramble"), integer_input=True)
+    keys = [kpfast.KeySet.generate(2, grid=(2, 2)), kpfast.KeySet.generate(2, grid=(4, 1))]
+    with pytest.raises(ValueError, match=r"different grids: \[\(2, 2\), \(4, 1\)\]"):
+        plan.compile(keys, ("scramble",), integer_input=True)
+    assert all(l.block_src is None for l in plan.compile(keys, ("shuffle",), integer_input=True).launches)

@@ -90,7 +90,7 @@ def test_batch_sizes(n):
     x = images(n, 3, 8, 8, torch.uint8)
     out = kpfast.BlockTransform(keys)(x)
     assert out.shape == x.shape
-    assert torch.equal(out, expected(x, keys, kpfast.plan.TRANSFORMS))
+    assert torch.equal(out, expected(x, keys, kpfast.plan.IN_BLOCK_TRANSFORMS))
 
 
 def test_single_image_and_non_contiguous_input():
@@ -141,7 +141,7 @@ def test_reference_compatible_keys():
     keys = kpfast.KeySet.from_seed(42, 4)
     x = images(2, 3, 8, 8, torch.float32)
     out = kpfast.BlockTransform(keys)(x)
-    assert torch.equal(out, expected(x, keys, kpfast.plan.TRANSFORMS))
+    assert torch.equal(out, expected(x, keys, kpfast.plan.IN_BLOCK_TRANSFORMS))
 
 
 def test_per_image_keys_in_one_call():
@@ -288,3 +288,20 @@ def test_import_kpfast_does_not_load_dynamo():
     code = "import sys, kpfast; print('torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_config_of_a_scrambling_chain_records_the_grid():
+    keys = kpfast.KeySet.generate(4, 3, grid=(8, 7))
+    t = kpfast.BlockTransform(keys, ("shuffle", "scramble"), **CIFAR)
+    config = t.config()
+    assert config["grid"] == [8, 7] and config["ops"] == ["shuffle", "scramble"]
+    u = kpfast.BlockTransform.from_config(config, keys)
+    x = images(2, 3, 32, 28, torch.uint8)
+    assert torch.equal(u(x), t(x)) and u.config() == config and u.grid == (8, 7)
+    assert "grid=(8, 7)" in repr(t) and str(keys.block_perm.tolist()[:4])[1:-1] not in repr(t)
+    assert "grid" not in kpfast.BlockTransform(keys, ("shuffle",)).config()  # other chains: as before
+    with pytest.raises(ValueError, match="key scrambles a 4x4 grid of blocks, the transform a 8x7 grid"):
+        kpfast.BlockTransform.from_config(config, kpfast.KeySet.generate(4, 3, grid=(4, 4)))
+    with pytest.raises(ValueError, match="no block-scrambling key"):
+        kpfast.BlockTransform.from_config(config, kpfast.KeySet.generate(4, 3))
+    assert len(t.state_dict()) == 0

@@ -15,23 +15,20 @@ void block_lut_cpu(const LutCall& call, const at::Tensor& x) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, call.tables.scalar_type(), "block_lut_out", [&] {
     using out_t = scalar_t;
     const out_t* tab = call.tables.const_data_ptr<out_t>();
-    out_t* o = call.out.mutable_data_ptr<out_t>();
+    out_t* out = call.out.mutable_data_ptr<out_t>();
     if (x.scalar_type() == at::kByte) {
-      const uint8_t* in = x.const_data_ptr<uint8_t>();
-      for_each_run(call.layout, call.keys, [&](int64_t oi, int64_t os, int64_t ii, int64_t is, int64_t n, int64_t kl) {
-        const out_t* table = tab + rows[kl];
-        for (int64_t i = 0; i < n; ++i) o[oi + i * os] = table[in[ii + i * is]];
+      for_each_run(call.layout, call.keys, x.const_data_ptr<uint8_t>(), out, [&](int64_t kl) {
+        return [table = tab + rows[kl]](uint8_t v) { return table[v]; };
       });
     } else {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "block_lut_in", [&] {
         using math_t = at::opmath_type<scalar_t>;
-        const scalar_t* in = x.const_data_ptr<scalar_t>();
         const math_t scale = static_cast<math_t>(call.qscale);
         const int32_t levels = static_cast<int32_t>(call.V), mode = call.rounding;
-        for_each_run(call.layout, call.keys, [&](int64_t oi, int64_t os, int64_t ii, int64_t is, int64_t n, int64_t kl) {
-          const out_t* table = tab + rows[kl];
-          for (int64_t i = 0; i < n; ++i)
-            o[oi + i * os] = table[quantize<math_t>(static_cast<math_t>(in[ii + i * is]), scale, levels, mode)];
+        for_each_run(call.layout, call.keys, x.const_data_ptr<scalar_t>(), out, [&](int64_t kl) {
+          return [table = tab + rows[kl], scale, levels, mode](scalar_t v) {
+            return table[quantize<math_t>(static_cast<math_t>(v), scale, levels, mode)];
+          };
         });
       });
     }
@@ -40,6 +37,9 @@ void block_lut_cpu(const LutCall& call, const at::Tensor& x) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kpfast, CPU, m) { m.impl("block_lut", &block_lut_op<block_lut_cpu>); }
+TORCH_LIBRARY_IMPL(kpfast, CPU, m) {
+  m.impl("block_lut", &block_lut_op<block_lut_cpu>);
+  m.impl("block_lut.out", &block_lut_out_op<block_lut_cpu>);
+}
 
 }  // namespace kpfast::cpu

@@ -23,6 +23,9 @@ void block_affine_cuda(const AffineCall& call, const at::Tensor& x) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kpfast, CUDA, m) { m.impl("block_affine", &block_affine_op<block_affine_cuda>); }
+TORCH_LIBRARY_IMPL(kpfast, CUDA, m) {
+  m.impl("block_affine", &block_affine_op<block_affine_cuda>);
+  m.impl("block_affine.out", &block_affine_out_op<block_affine_cuda>);
+}
 
 }  // namespace kpfast::cuda

@@ -27,6 +27,9 @@ void block_lut_cuda(const LutCall& call, const at::Tensor& x) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kpfast, CUDA, m) { m.impl("block_lut", &block_lut_op<block_lut_cuda>); }
+TORCH_LIBRARY_IMPL(kpfast, CUDA, m) {
+  m.impl("block_lut", &block_lut_op<block_lut_cuda>);
+  m.impl("block_lut.out", &block_lut_out_op<block_lut_cuda>);
+}
 
 }  // namespace kpfast::cuda

@@ -7,21 +7,25 @@
 
 namespace kpfast::kernels {
 
-// An NCHW image batch and the memory order of the output (same sizes, freshly allocated).
+// An NCHW image batch and the memory order of the output (same sizes, dense: a fresh tensor or an
+// out= buffer of that layout).
 struct BlockLayout {
   int64_t N, C, H, W, M;    // batch, channels, height, width, block size; L = M * M * C
   int64_t sN, sC, sH, sW;   // input strides in elements (any layout, views included)
   bool channels_last_out;   // output is channels_last, else NCHW-contiguous
 };
 
-// The key material of both ops, and the per-key data that the packing step (pack_key in
-// block_groups.h) derives from it for the element loops.
+// The key material of both ops, and the per-key data that the packing step (pack_key and
+// pack_block in block_groups.h) derives from it for the element loops.
 struct BlockKeys {
   const int64_t* src;        // [K, L] contiguous: destination position l reads source position src[k, l]
   const int64_t* key_index;  // [N]: key set of each image, or nullptr (then K == 1)
   int64_t K;
   int64_t* offsets;          // [K * L]: input offset of each source from its block's first element
   int64_t* table_rows;       // [K * L] on the table path (else nullptr): where each position's table starts
+  // Block scrambling, or both nullptr (output block b reads input block b):
+  const int64_t* block_src;  // [K, B] contiguous: output block b reads input block block_src[k, b]
+  int64_t* block_offsets;    // [K * B]: input offset of each source block from its image's first element
 };
 
 // The compute type of a float image (at::opmath_type): float, and double for double.

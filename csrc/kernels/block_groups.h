@@ -5,11 +5,13 @@
 //
 // A launch (block_ops.h) runs two steps:
 //   1. pack_key over the K * L (key, position) entries: the input offset of each source position
-//      from its block's first element and, on the table path, where its table starts;
+//      from its block's first element and, on the table path, where its table starts; with block
+//      scrambling also pack_block over the K * B (key, block) entries: the input offset of each
+//      source block from its image's first element;
 //   2. lut_group / affine_group over groups of G consecutive OUTPUT elements in output memory order
 //      (coalesced, vectorised writes), which gather their inputs through the offsets of step 1.
 // Bad key values are clamped into range, so that nothing ever reads out of bounds, and reported:
-// pack_key returns them as fault bits, GroupCursor through KPFAST_KERNEL_ASSERT.
+// pack_key and pack_block return them as fault bits, GroupCursor through KPFAST_KERNEL_ASSERT.
 #pragma once
 
 #include <cassert>
@@ -62,7 +64,7 @@ KPFAST_HD T ldg(const T* p) {
 // Step 1: the per-key data.
 
 // Fault bits of pack_key.
-enum KeyFault : int32_t { kKeyOk = 0, kBadSource = 1, kBadTable = 2 };
+enum KeyFault : int32_t { kKeyOk = 0, kBadSource = 1, kBadTable = 2, kBadBlock = 4 };
 
 // Entry i = k * L + l: keys.offsets[i] = block_offset(src[i]) and, on the table path,
 // keys.table_rows[i] = table_id[i] * V. Returns the faults of the entry (values clamped).
@@ -79,6 +81,19 @@ KPFAST_HD int32_t pack_key(const BlockLayout& b, const BlockKeys& keys, const in
     keys.table_rows[i] = id * V;
   }
   return faults;
+}
+
+// The blocks of one image: B = (H / M) * (W / M), numbered row-major.
+KPFAST_HD int64_t blocks_per_row(const BlockLayout& b) { return b.W / b.M; }
+KPFAST_HD int64_t blocks_per_image(const BlockLayout& b) { return (b.H / b.M) * blocks_per_row(b); }
+
+// Entry i = k * B + b of a block scrambling (keys.block_src given): keys.block_offsets[i] =
+// image_block_offset(block_src[i]). Returns the faults of the entry (the value clamped).
+KPFAST_HD int32_t pack_block(const BlockLayout& b, const BlockKeys& keys, int64_t i) {
+  int64_t s = keys.block_src[i];
+  const bool ok = clamp_index(s, blocks_per_image(b));
+  keys.block_offsets[i] = image_block_offset(s, blocks_per_row(b), b.M, b.sH, b.sW);
+  return ok ? kKeyOk : kBadBlock;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -118,6 +133,7 @@ struct Divider {
 struct Traversal {
   BlockLayout b;
   int64_t L, groups, G;
+  int64_t blocks_w, B;   // blocks per row of blocks, and per image
   int64_t block_step;    // input offset from one block of a row to the next: M * sW
   int32_t run, l_step;   // in-block quantities are 32-bit (L <= kMaxBlockPositions)
   Divider per_row, h, c, m, by_run;  // dividers by groups per row, H, C, M, run
@@ -128,6 +144,8 @@ struct Traversal {
     t.L = b.M * b.M * b.C;
     t.G = G;
     t.groups = b.N * b.C * b.H * b.W / G;
+    t.blocks_w = blocks_per_row(b);
+    t.B = blocks_per_image(b);
     t.block_step = b.M * b.sW;
     t.run = static_cast<int32_t>(b.channels_last_out ? b.M * b.C : b.M);
     t.l_step = static_cast<int32_t>(b.channels_last_out ? 1 : b.C);
@@ -142,9 +160,12 @@ struct Traversal {
 
 // Walks the G outputs of one group in memory order, as cpu/block_rows.h does. For the current
 // output: its block position l, the key data offset kL = k * L of its image, and the input offset
-// of its block (the input element is at in_block + offsets[kL + l]).
+// of its (source) block (the input element is at in_block + offsets[kL + l]).
 struct GroupCursor {
   int64_t kL, in_block;
+  int64_t in_base;            // the image's first element with block_src, else its row of blocks' first
+  const int64_t* row_blocks;  // with block_src: the source block offsets of this row of blocks
+  int64_t bx;                 // the current block's column
   int32_t l, p, l0;  // block position, index in the current block's run, position of a run's start
 
   KPFAST_HD GroupCursor(const Traversal& t, const BlockKeys& keys, int64_t group) {
@@ -158,7 +179,7 @@ struct GroupCursor {
       c = nc - n * b.C;
     }
     const int64_t by = t.m.div(y), ym = y - by * b.M;
-    const int64_t bx = t.by_run.div(first);
+    bx = t.by_run.div(first);
     int64_t k = 0;
     if (keys.key_index != nullptr) {
       k = ldg(keys.key_index + n);
@@ -167,18 +188,31 @@ struct GroupCursor {
       (void)in_range;
     }
     kL = k * t.L;
-    in_block = n * b.sN + by * b.M * b.sH + bx * t.block_step;
+    in_base = n * b.sN;
+    row_blocks = nullptr;
+    if (keys.block_offsets != nullptr) {
+      row_blocks = keys.block_offsets + k * t.B + by * t.blocks_w;
+    } else {
+      in_base += by * b.M * b.sH;
+    }
+    enter_block(t);
     p = static_cast<int32_t>(first - bx * t.run);
     l0 = static_cast<int32_t>(block_position(ym, 0, c, b.M, b.C));
     l = l0 + p * t.l_step;
   }
 
+  KPFAST_HD void enter_block(const Traversal& t) {
+    in_block = in_base + (row_blocks != nullptr ? ldg(row_blocks + bx) : bx * t.block_step);
+  }
+
+  // On to the group's next output; never called after its last (whose row may end there).
   KPFAST_HD void next(const Traversal& t) {
     l += t.l_step;
     if (++p == t.run) {  // on to the next block of the row
       p = 0;
       l = l0;
-      in_block += t.block_step;
+      ++bx;
+      enter_block(t);
     }
   }
 };
@@ -260,7 +294,8 @@ KPFAST_HD void lut_group(const Traversal& t, const LutArgs<In, Out>& a, const Ou
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int j = 0; j < G; ++j, at.next(t)) {
+  for (int j = 0; j < G; ++j) {
+    if (j > 0) at.next(t);
     const In value = ldg(a.x + at.in_block + ldg(offsets + at.l));
     v.v[j] = tables[ldg(rows + at.l) + level_of<In>(value, a.qscale, a.levels, a.rounding)];
   }
@@ -287,7 +322,8 @@ KPFAST_HD void affine_group(const Traversal& t, const AffineArgs<T>& a, int64_t 
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int j = 0; j < G; ++j, at.next(t)) {
+  for (int j = 0; j < G; ++j) {
+    if (j > 0) at.next(t);
     const math_t<T> value = to_math(ldg(a.x + at.in_block + ldg(offsets + at.l)));
     const math_t<T>* c = coef + int64_t(at.l) * kNumAffineParams;
     v.v[j] = from_math<T>(affine(value, ldg(c + kScale), ldg(c + kBias), ldg(c + kSub), ldg(c + kDiv)));

@@ -4,6 +4,7 @@
 //
 // Layout (semantics.md §1): pixel (y, x, c) lies in block (y / M, x / M) at block position
 //     l = ((y % M) * M + (x % M)) * C + c        (channel fastest; L = M * M * C positions)
+// and the blocks of an image are numbered row-major, b = (y / M) * (W / M) + x / M (B of them).
 // Every transform chain is "out[l] = f_l(in[src[l]])" with f_l a 256-entry table (integer or
 // quantised input) or an affine map (float input), see semantics.md §5.
 #pragma once
@@ -47,6 +48,13 @@ KPFAST_HD BlockCoord block_coord(int64_t l, int64_t M, int64_t C) {
 KPFAST_HD int64_t block_offset(int64_t l, int64_t M, int64_t C, int64_t sC, int64_t sH, int64_t sW) {
   const BlockCoord p = block_coord(l, M, C);
   return p.c * sC + p.ym * sH + p.xm * sW;
+}
+
+// Offset of block b (row-major over a grid `blocks_w` blocks wide) from the image's first element,
+// for a tensor with strides sH, sW: where block scrambling finds a source block.
+KPFAST_HD int64_t image_block_offset(int64_t b, int64_t blocks_w, int64_t M, int64_t sH, int64_t sW) {
+  const int64_t by = b / blocks_w;
+  return by * M * sH + (b - by * blocks_w) * M * sW;
 }
 
 // A product that is never fused with a following add into an FMA (nvcc contracts by default),

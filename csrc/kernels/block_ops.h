@@ -3,10 +3,13 @@
 // cudaError_t out; nothing here allocates or synchronises, so the ops can be graph-captured.
 //
 // Every launcher runs the two steps of block_groups.h on `stream`: a small kernel that packs the
-// per-key data of the K * L (key, position) entries into keys.offsets (and keys.table_rows), then
-// the element kernel over groups of output elements. Bad key values (src, table_id, key_index out
-// of range) are clamped into range, so that no thread ever reads out of bounds, and stop the kernel
-// with a device-side assert. The wrappers check everything else (op_checks.h) before launching.
+// per-key data of the K * L (key, position) entries into keys.offsets (and keys.table_rows), and
+// with block scrambling that of the K * B (key, block) entries into keys.block_offsets, then the
+// element kernel over groups of output elements. Bad key values (src, table_id, key_index,
+// block_src out of range) are clamped into range, so that no thread ever reads out of bounds, and
+// stop the kernel with a device-side assert. The wrappers check everything else (op_checks.h)
+// before launching. Below, x[b, l] is position l of block b of an image, and with block scrambling
+// (keys.block_src) output block b reads input block block_src[k, b], otherwise block b.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -20,7 +23,7 @@ struct __nv_bfloat16;
 
 namespace kpfast::kernels {
 
-// out[l] = tables[table_id[k, l], level(x[src[k, l]])]: level = x for uint8 input, else
+// out[b, l] = tables[table_id[k, l], level(x[block_src[k, b], src[k, l]])]: level = x for uint8 input, else
 // kpfast::quantize(x, qscale, V, rounding) in math_t<In>. In: uint8_t, float, double, __half,
 // __nv_bfloat16; Out: float, double, __half, __nv_bfloat16. table_id is [K, L] contiguous,
 // tables [T, V] contiguous (V >= 256 for uint8 input); keys.table_rows is scratch [K * L].
@@ -29,7 +32,7 @@ cudaError_t block_lut(const BlockLayout& layout, const BlockKeys& keys, const In
                       const int64_t* table_id, const Out* tables, int64_t T, int64_t V, double qscale,
                       int32_t rounding, Out* out, cudaStream_t stream);
 
-// out[l] = (scale * x[src[k, l]] + bias - sub) / div in math_t<T> (kpfast::affine). T: float,
+// out[b, l] = (scale * x[block_src[k, b], src[k, l]] + bias - sub) / div in math_t<T> (kpfast::affine). T: float,
 // double, __half, __nv_bfloat16. coef is [K, L, 4] contiguous (scale, bias, sub, div), already
 // converted to math_t<T>.
 template <typename T>

@@ -1,11 +1,11 @@
 // The CUDA kernels' element code run on the CPU, so that their index math and vector packing are
 // tested on machines without a GPU. Built by tests/test_cuda.py with torch.utils.cpp_extension
-// (never by CMake, never shipped). The ops kpfast_on_host::block_lut / block_affine take the
-// schemas of kpfast's ops and do what the CUDA ops and launchers do, with the kernels' own code:
-// the same checked entry (op_args.h), step 1 through kernels::pack_key for every (key, position)
-// entry, then every group of the launch through lut_group / affine_group, with the group size the
-// launcher picks. Only the grid-stride loop and the shared-memory copy of small tables
-// stay on the device.
+// (never by CMake, never shipped). The ops kpfast_on_host::block_lut / block_affine (and their
+// out= overloads) take the schemas of kpfast's ops and do what the CUDA ops and launchers do, with
+// the kernels' own code: the same checked entry (op_args.h), step 1 through kernels::pack_key and
+// pack_block for every (key, position) and (key, block) entry, then every group of the launch
+// through lut_group / affine_group, with the group size the launcher picks. Only the grid-stride
+// loop and the shared-memory copy of small tables stay on the device.
 #include <c10/util/Exception.h>
 
 // A bad key value the kernels would stop at with a device-side assert is an error here.
@@ -66,6 +66,9 @@ void block_affine_on_host(const AffineCall& call, const at::Tensor& x) {
 }  // namespace kpfast::on_host
 
 TORCH_LIBRARY(kpfast_on_host, m) {
-  m.def(kpfast::kBlockLutSchema, &kpfast::block_lut_op<kpfast::on_host::block_lut_on_host>);
-  m.def(kpfast::kBlockAffineSchema, &kpfast::block_affine_op<kpfast::on_host::block_affine_on_host>);
+  using namespace kpfast;
+  m.def(kBlockLutSchema, &block_lut_op<on_host::block_lut_on_host>);
+  m.def(kBlockLutOutSchema, &block_lut_out_op<on_host::block_lut_on_host>);
+  m.def(kBlockAffineSchema, &block_affine_op<on_host::block_affine_on_host>);
+  m.def(kBlockAffineOutSchema, &block_affine_out_op<on_host::block_affine_on_host>);
 }

@@ -26,8 +26,12 @@ COMMANDS = {
     "decrypt": ("kpfast.cli.crypt:add_arguments", "decrypt a folder of images"),
     "train": ("kpfast.cli.train:add_arguments", "train a protected (or plain) model"),
     "eval": ("kpfast.cli.evaluate:add_arguments", "evaluate a model with the correct key, wrong keys and no key"),
+    "protect-model": ("kpfast.cli.protect_model:add_arguments", "fold a key into a trained ViT or ConvMixer (no training)"),
+    "rekey": ("kpfast.cli.protect_model:add_arguments", "move a protected model to a new key"),
     "reproduce": ("kpfast.cli.reproduce:add_arguments", "reproduce the published accuracy table (13 models)"),
     "i2p": ("kpfast.cli.i2p:add_arguments", "image to perturbation: key-free protected images and their attacks"),
+    "attack": ("kpfast.cli.attack:add_arguments", "attack a protected model: key search, key estimation, fine-tuning, ..."),
+    "audit": ("kpfast.cli.audit:add_arguments", "the whole security evaluation of a protected model, one report"),
     "bench": ("kpfast.cli.bench:add_arguments", "benchmark the fused transform"),
 }
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report Ctrl-C
@@ -37,6 +41,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s module is imported (the others appear by their help line)."""
     parser = argparse.ArgumentParser(prog="kpfast", description="Key-based block-wise image transforms.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="show kpfast's version and the torch it was built against, and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, (target, help) in COMMANDS.items():
         if name != command:
@@ -51,6 +57,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def version_line() -> str:
+    """'kpfast 0.2.0+pt213cpu (built against torch 2.13.0+cpu, CUDA none)': the installed
+    distribution's version, whose local part names the torch of the build."""
+    from importlib import metadata
+
+    from .. import __version__, build_info
+
+    try:
+        version = metadata.version("kpfast")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        version = __version__
+    info = build_info()
+    return f"kpfast {version} (built against torch {info['torch_version']}, CUDA {info['cuda_version'] or 'none'})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)  # the only top-level option is a flag
@@ -60,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KpfastError as e:
         if args.debug:
             raise
-        print(f"kpfast {args.command}: {e.label}{e}", file=sys.stderr)
+        from ..engine.ranks import echoes_main
+        if not echoes_main(e):  # rank 0 already reported it: one line per job, not per rank
+            print(f"kpfast {args.command}: {e.label}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
         if args.debug:

@@ -38,7 +38,7 @@ from ..data.protected_folder import MANIFEST, Manifest
 from ..data.stats import Stats, channel_stats
 from ..errors import ConfigError, DataError, DataNotFoundError, Interrupted, OutputExistsError
 from ..keys import KeySet
-from ..plan import TRANSFORMS
+from ..plan import IN_BLOCK_TRANSFORMS
 from ..report.imageio import (MODES, conversion_problem, is_hidden, list_images, open_image, read_image, read_png,
                               stored_mode, write_png)
 from ..report.progress import bar
@@ -65,8 +65,9 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
 def encrypt(args: argparse.Namespace) -> int:
     keys = KeySet.load(args.key)
     ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
-    if not ops or any(o not in TRANSFORMS for o in ops) or len(set(ops)) != len(ops):
-        raise ConfigError(f"--ops must list some of {', '.join(TRANSFORMS)}, each at most once, got {args.ops!r}")
+    if not ops or any(o not in IN_BLOCK_TRANSFORMS for o in ops) or len(set(ops)) != len(ops):
+        raise ConfigError(f"--ops must list some of {', '.join(IN_BLOCK_TRANSFORMS)}, each at most once, "
+                          f"got {args.ops!r}")
     src, dst = Path(args.input), Path(args.output)
     s, d = src.resolve(), dst.resolve()
     inner = dst if d != s and d.is_relative_to(s) else None  # an output inside the input is left out of it

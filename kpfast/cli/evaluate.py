@@ -11,11 +11,11 @@ import argparse
 from pathlib import Path
 
 from ..atomic import write_json, write_text
-from ..engine.device import default_device, device_name, resolve_device
+from ..engine.device import device_name, resolve_device
 from ..errors import DataError
 from ..protection import experiment
 from ..protection.evaluate import format_markdown
-from .options import positive_int
+from .options import add_device, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--test-subset", type=positive_int, metavar="N",
                    help="test on the first N images (balanced classes)")
     p.add_argument("--wrong-keys", type=positive_int, default=10, help="number of random wrong keys (default: 10)")
-    p.add_argument("--batch-size", type=positive_int, default=500)
-    p.add_argument("--device", default=default_device())
+    p.add_argument("--batch-size", type=positive_int, default=500, help="images per evaluation batch (default: 500)")
+    add_device(p)
     p.add_argument("--out", help="results folder (default: eval/ beside the model)")
     p.set_defaults(run=run)
 

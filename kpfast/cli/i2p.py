@@ -34,7 +34,7 @@ from dataclasses import fields
 import torch
 
 from ..errors import DataError, TimeLimitReached
-from .options import floats as _floats, names as _names, positive_int
+from .options import add_device, floats as _floats, names as _names, positive_int
 
 TIME_LIMIT_EXIT = TimeLimitReached.exit_code  # the run stopped at --time-limit with its progress saved
 
@@ -43,12 +43,12 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     from ..i2p.experiment import Config
 
     d = Config()
-    steps = p.add_subparsers(dest="step", required=True, metavar="step")
+    steps = p.add_subparsers(dest="step", required=True, metavar="step", help="run: the experiment; export: protected PNGs")
 
     r = steps.add_parser("run", help="the whole experiment, resumable stage by stage",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("--data", default=d.data, help="cifar10, synthetic, ... or an image folder / zip")
-    r.add_argument("--data-root", default=d.data_root)
+    r.add_argument("--data-root", default=d.data_root, help="folder of the data set's files (cifar10, fashion-mnist)")
     r.add_argument("--out", default=d.out, help="output folder (also holds the resumable state)")
     r.add_argument("--classifiers", type=_names, default=",".join(d.classifiers), help="ψ models, comma-separated")
     r.add_argument("--lam", type=float, default=d.lam, help="λ of every classifier's h_θ")
@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     r.add_argument("--test-subset", type=positive_int, default=d.test_subset,
                    help="the first N images, balanced over classes (None: all)")
     r.add_argument("--seed", type=int, default=d.seed, help="of ψ, h_θ and the attacks (the fallback F: seed + 1)")
-    r.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
+    add_device(r)
     r.add_argument("--time-limit", type=float, default=None,
                    help=f"seconds; stop cleanly between epochs (exit {TIME_LIMIT_EXIT}) and continue on the next call")
     r.add_argument("--no-progress", action="store_true", help="no progress bars, also for downloads and decoding "
@@ -79,11 +79,13 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
 
     e = steps.add_parser("export", help="protect a data set with a trained h_θ, as 8-bit PNGs")
     e.add_argument("--transform", required=True, help="an h_θ file from `run` (out/transforms/*.pt)")
-    e.add_argument("--data", default="cifar10")
-    e.add_argument("--data-root", default=None)
-    e.add_argument("--splits", type=_names, default=("train", "test"))
+    e.add_argument("--data", default="cifar10", help="the data set to protect: cifar10, synthetic, ... or an image "
+                   "folder / zip (default: cifar10)")
+    e.add_argument("--data-root", default=None, help="folder of the data set's files (cifar10, fashion-mnist)")
+    e.add_argument("--splits", type=_names, default=("train", "test"),
+                   help="comma list of the splits to write: train, test (default: both)")
     e.add_argument("--out", required=True, help="folder for <split>/<class>/<index>.png")
-    e.add_argument("--device", default=d.device)
+    add_device(e)
     e.set_defaults(run=export)
 
 

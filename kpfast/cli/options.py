@@ -27,3 +27,22 @@ def floats(text: str) -> tuple[float, ...]:
 def names(text: str) -> tuple[str, ...]:
     """'a, b' -> ('a', 'b')."""
     return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+AUTO_DEVICE = "auto"
+DEVICE_HELP = "cpu, cuda, cuda:N, or auto: cuda when a GPU is available, else cpu (default: %(default)s)"
+
+
+def device(text: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; any other name is kept as given (the
+    run checks it and says why a device cannot be used)."""
+    if text.strip().lower() != AUTO_DEVICE:
+        return text
+    import torch  # only when a command's options are parsed, never for `kpfast --help`
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_device(p: argparse.ArgumentParser, help: str = DEVICE_HELP) -> None:
+    """--device, default auto (argparse passes the default through `device` too)."""
+    p.add_argument("--device", type=device, default=AUTO_DEVICE, help=help)

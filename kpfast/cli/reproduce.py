@@ -12,6 +12,10 @@ so an image folder or zip of CIFAR-10 (train/<class>/, test/<class>/) works as w
 or ffx; M: a block size dividing the image size), e.g. --cells plain,ffx-4,shuffle-4,negpos-4.
 Default 'all': plain and M=4 first, then M=2, 8, 16.
 
+The defaults (ResNet-18, 30 epochs, 13 models) are sized for a GPU (--device auto picks CUDA when
+there is one). On a CPU the run first times a few training steps and prints how long the grid
+will take; beyond an hour it also prints the flags of a run that fits a CPU, with its time.
+
 Re-running the same command resumes: finished models are skipped, an interrupted one continues
 from its last epoch. Keys are kept in <out>/keys (mode 0600), never in the results.
 

@@ -23,14 +23,14 @@ from typing import Any
 
 from ..atomic import write_json
 from ..engine.classifier import DEFAULTS, default_batch_size, default_lr, default_model
-from ..engine.device import default_device, device_name
+from ..engine.device import device_name
 from ..engine.distributed import process_group, rank_device
 from ..engine.ranks import Ranks
 from ..errors import ConfigError, Interrupted, KeyFileError, OutputExistsError
 from ..keys import KeySet
 from ..models import list_models
 from ..protection import experiment
-from .options import positive_int
+from .options import add_device, positive_int
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, epochs: int = DEFAULTS.epochs, model: str | None = None) -> None:
@@ -49,7 +49,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, epochs: int = DEFAULTS.epoc
                    help="train on the first N images (balanced classes)")
     p.add_argument("--test-subset", type=positive_int, metavar="N",
                    help="test on the first N images (balanced classes)")
-    p.add_argument("--device", default=default_device(), help="default: cuda if available, else cpu")
+    add_device(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=int, default=0, help="initial weights and data order (default: 0)")
     p.add_argument("--sync-bn", action="store_true",

@@ -1,7 +1,9 @@
-"""Data sets as uint8 `ImageSet`s, and a loader that keeps them on the training device.
+"""Data sets as uint8 `ImageSet`s, a loader that keeps them on the training device, and one that
+streams data kept on the CPU through DataLoader workers (`StreamLoader`, `TransformCollate`,
+`ImageFolderStream`: kpfast.data.pipeline and kpfast.data.image_stream).
 
 Every loader returns `(train, test)`. Only image folders need Pillow (``kpfast[cli]``): their
-loader is imported when first used, so the rest of this package needs torch and numpy alone.
+loaders are imported when first used, so the rest of this package needs torch and numpy alone.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from .stats import Stats, channel_stats, dataset_stats
 from .synthetic import make_synthetic
 
 __all__ = [
-    "ChecksumError", "DeviceLoader", "DownloadError", "ImageSet", "Stats", "cache_dir", "channel_stats",
-    "crop_u8", "dataset_stats", "download_file", "load_cifar10", "load_dataset", "load_fashion_mnist",
-    "load_image_folder", "make_synthetic", "random_crop_u8", "random_flip_u8", "read_idx", "verify_file",
+    "ChecksumError", "DeviceLoader", "DownloadError", "ImageFolderStream", "ImageSet", "Stats", "StreamLoader",
+    "TransformCollate", "cache_dir", "channel_stats", "crop_u8", "dataset_stats", "download_file", "load_cifar10",
+    "load_dataset", "load_fashion_mnist", "load_image_folder", "make_synthetic", "random_crop_u8", "random_flip_u8",
+    "read_idx", "verify_file",
 ]
 
 DATASETS = ("cifar10", "cifar10-folder", "fashion-mnist", "synthetic")
@@ -34,6 +37,12 @@ def __getattr__(name: str) -> Any:
     if name == "load_image_folder":  # lazy: Pillow is imported only when a folder is read
         from .folders import load_image_folder
         return load_image_folder
+    if name == "ImageFolderStream":
+        from .image_stream import ImageFolderStream
+        return ImageFolderStream
+    if name in ("StreamLoader", "TransformCollate"):  # lazy: they import the engine, which imports this package
+        from . import pipeline
+        return getattr(pipeline, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -120,10 +120,11 @@ def _layout(root: Path, names: list[str]) -> dict[str, dict[str, list[str]]]:
     for split in SPLITS:
         if not tree[split]:
             top = sorted({n.split("/")[0] for n in names})
+            shown = ", ".join(top[:5]) + (f", ... ({len(top)} entries)" if len(top) > 5 else "")
             present = any(n.split("/")[0] == split for n in names)
             problem = "holds no class folders" if present else "is missing"
             raise DataError(f"{root}: {split}/ {problem} (expected train/<class>/* and "
-                             f"test/<class>/*; the top level holds {top})")
+                             f"test/<class>/*; the top level holds {shown})")
     train, test = set(tree["train"]), set(tree["test"])
     if train != test:
         problems = [f"{s}/ lacks class folder(s) {sorted(b - a)} found in {o}/"

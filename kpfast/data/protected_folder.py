@@ -47,7 +47,7 @@ import torch
 from ..atomic import write_json
 from ..errors import DataError, KeyMismatchError
 from ..keys import KeySet
-from ..plan import TRANSFORMS
+from ..plan import IN_BLOCK_TRANSFORMS
 from .imageset import ImageSet
 from .stats import Stats
 
@@ -141,8 +141,8 @@ class Manifest:
                            files=None if v1 else tuple(_relative_png(f) for f in _strings(d["files"])),
                            normalization=None if v1 else _stats(d["normalization"], _int(d["channels"], 1, 4)),
                            version=version)
-            if not manifest.ops or any(o not in TRANSFORMS for o in manifest.ops):
-                raise ValueError(f"ops {list(manifest.ops)} are not a chain of {', '.join(TRANSFORMS)}")
+            if not manifest.ops or any(o not in IN_BLOCK_TRANSFORMS for o in manifest.ops):
+                raise ValueError(f"ops {list(manifest.ops)} are not a chain of {', '.join(IN_BLOCK_TRANSFORMS)}")
             if manifest.bitdepth not in (8, 16) or manifest.code_scale * manifest.code_step >= 1 << manifest.bitdepth:
                 raise ValueError(f"codes 0..{manifest.code_scale} times {manifest.code_step} do not fit "
                                  f"{manifest.bitdepth}-bit samples")

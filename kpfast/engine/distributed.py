@@ -1,5 +1,5 @@
 """Data-parallel training on ``torch.distributed``: one process per device, started by ``torchrun``
-(or by SLURM's ``srun``), the model in DistributedDataParallel, every loader sharded per rank.
+(or by SLURM's ``srun``), the model in DistributedDataParallel, every loader sharded per rank::
 
     torchrun --nproc-per-node 8 -m kpfast train ...                      # one machine, 8 GPUs
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\

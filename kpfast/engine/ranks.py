@@ -10,6 +10,9 @@ rank waits at a collective the others never reach.
 
 Rank 0's errors reach every rank: :meth:`Ranks.from_main` runs a function on rank 0 and raises
 its error on every rank (the same message), instead of leaving the others at the next collective.
+On the other ranks such an error is marked as an echo of rank 0's (:func:`echoes_main`), as are
+the errors :meth:`Ranks.check_same_run` raises on every rank alike: whoever reports errors (the
+command line) prints those on rank 0 only, so a job of N ranks shows one line, not N.
 """
 from __future__ import annotations
 
@@ -26,6 +29,19 @@ from ..errors import ConfigError, KeyMismatchError, KpfastError
 from .checkpoint import run_changes
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
+
+
+def echoes_main(error: BaseException) -> bool:
+    """Whether `error` is rank 0's error raised again on this (other) rank: rank 0 reports it."""
+    return getattr(error, "echo_of_main", False)
+
+
+def _echo(error: E, ranks: Ranks) -> E:
+    """`error`, marked as an echo of rank 0's where this is another rank."""
+    if not ranks.is_main:
+        error.echo_of_main = True  # type: ignore[attr-defined]
+    return error
 
 
 @dataclass(frozen=True)
@@ -121,7 +137,7 @@ class Ranks:
                 raise
         status, value = self.broadcast(outcome)
         if status == "error":
-            raise value
+            raise _echo(value, self)
         return result if self.is_main else value
 
     def check_same_run(self, run: Mapping[str, Any]) -> None:
@@ -139,10 +155,11 @@ class Ranks:
         others = [(r, x.get("key_fingerprint")) for r, x in enumerate(runs) if x.get("key_fingerprint") != fingerprint]
         if others:
             listed = ", ".join(f"rank {r} has {f}" for r, f in others)
-            raise KeyMismatchError(f"the ranks of this job hold different keys: rank 0 has key fingerprint {fingerprint}, "
-                                   f"{listed}; every rank must load the same key file (copy it to every machine)")
+            raise _echo(KeyMismatchError(f"the ranks of this job hold different keys: rank 0 has key fingerprint "
+                                         f"{fingerprint}, {listed}; every rank must load the same key file (copy it "
+                                         "to every machine)"), self)
         changed = [r for r, x in enumerate(runs) if x != main]
         if changed:
             diff = ", ".join(run_changes(main, runs[changed[0]]))
-            raise ConfigError(f"the ranks of this job were started with different settings (rank 0 -> rank "
-                              f"{changed[0]}: {diff}); start every rank with the same command")
+            raise _echo(ConfigError(f"the ranks of this job were started with different settings (rank 0 -> rank "
+                                    f"{changed[0]}: {diff}); start every rank with the same command"), self)

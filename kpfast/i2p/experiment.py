@@ -1,15 +1,16 @@
 """The whole image-to-perturbation experiment, end to end, resumable stage by stage.
 
-Stages, each skipped when its output file exists under `out/`:
-1. features/        F: ImageNet VGG-16 relu2_2 if its weights are on disk, else the fallback, a
-                    separately trained CIFAR classifier cut at relu2_2 depth (see features.py);
-2. classifiers/     ψ per classifier, trained on plain images (kpfast.engine.train, step schedule);
-3. transforms/      h_θ per run: every classifier at `lam`, plus the first classifier at every
-                    λ of `lambdas` (the trade-off sweep);
-4. eval/            per run: ψ's accuracy on plain, protected (float) and protected (8-bit PNG,
-                    exported and reloaded) test images; SSIM/PSNR of the PNGs against plain x;
-5. attacks/         ITN (paired) and GAN (unpaired) attacks on the first classifier's h_θ at `lam`;
-6. report           results.md, results.json, grid.png, ssim_box.png, psnr_box.png (always rebuilt).
+Stages, each skipped when its output file exists under `out/`::
+
+    1. features/        F: ImageNet VGG-16 relu2_2 if its weights are on disk, else the fallback, a
+                        separately trained CIFAR classifier cut at relu2_2 depth (see features.py);
+    2. classifiers/     ψ per classifier, trained on plain images (kpfast.engine.train, step schedule);
+    3. transforms/      h_θ per run: every classifier at `lam`, plus the first classifier at every
+                        λ of `lambdas` (the trade-off sweep);
+    4. eval/            per run: ψ's accuracy on plain, protected (float) and protected (8-bit PNG,
+                        exported and reloaded) test images; SSIM/PSNR of the PNGs against plain x;
+    5. attacks/         ITN (paired) and GAN (unpaired) attacks on the first classifier's h_θ at `lam`;
+    6. report           results.md, results.json, grid.png, ssim_box.png, psnr_box.png (always rebuilt).
 
 Training stages save resumable state (every epoch for the classifiers, every CHECKPOINT_EVERY
 seconds for the U-Nets, and always before stopping); with `time_limit` the run stops cleanly
@@ -91,6 +92,12 @@ class Config:
     # Settings that may change between calls on the same `out` without making its outputs stale
     # (runs are keyed by classifier and λ, so the lists may grow).
     VOLATILE = ("out", "device", "time_limit", "progress", "classifiers", "lambdas")
+
+    @property
+    def lr(self) -> float:
+        """SGD learning rate of ψ, h_θ and the ITN: the paper's 0.1 at batch 128, scaled linearly
+        with the batch (small batches at 0.1 stall h_θ: ψ's accuracy on x' stays near chance)."""
+        return 0.1 * self.batch_size / 128
 
     def runs(self) -> list[tuple[str, float]]:
         """(classifier, λ) of every h_θ: each classifier at `lam`, the first one across `lambdas`."""
@@ -197,7 +204,7 @@ def _train_classifier(ctx: _Context, name: str, epochs: int, seed: int, file: Pa
     checkpoints = file.with_suffix(".ckpt")
     loader = DeviceLoader(data.fit, cfg.batch_size, device=cfg.device, shuffle=True, augment=True, seed=seed,
                           ranks=ctx.ranks)
-    result = train(model, ctx.normalize, loader, epochs=epochs, lr=0.1, momentum=0.9, weight_decay=5e-4,
+    result = train(model, ctx.normalize, loader, epochs=epochs, lr=cfg.lr, momentum=0.9, weight_decay=5e-4,
                    nesterov=False, label_smoothing=0.0, schedule="step", device=cfg.device,
                    checkpoint_dir=checkpoints, resume=True, seed=seed, deadline=ctx.deadline,
                    progress=cfg.progress, log=ctx.log)
@@ -244,7 +251,7 @@ def transform_stage(ctx: _Context, classifier: nn.Module, features: FeatureExtra
     loss = TransformLoss(classifier, features, ctx.normalize, lam)
     checkpoint = file.with_suffix(".ckpt")
     result = train_transform(h, loss, ctx.data.fit, ctx.data.val, epochs=cfg.epochs_transform, device=cfg.device,
-                             batch_size=cfg.batch_size, seed=cfg.seed, checkpoint=checkpoint,
+                             batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, checkpoint=checkpoint,
                              checkpoint_every=CHECKPOINT_EVERY, deadline=ctx.deadline,
                              progress=cfg.progress, log=ctx.log, desc=f"h_θ {key}")
     info = {"classifier": name, "lam": lam, "epochs": cfg.epochs_transform, "width": cfg.width,
@@ -301,7 +308,7 @@ def attack_stage(ctx: _Context, h: nn.Module, key: str, attack: str) -> dict:
     if attack == "itn":
         result, _ = inverse_network_attack(protected_train, data.train, protected_test, data.test.images,
                                            epochs=cfg.epochs_attack, width=cfg.width, batch_size=cfg.batch_size,
-                                           **common)
+                                           lr=cfg.lr, **common)
         label = f"ITN attack (paired, U-Net width {cfg.width:g}, {cfg.epochs_attack} epochs)"
     elif attack == "gan":
         result, _ = gan_attack(protected_train, data.train, protected_test, data.test.images,

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from torch import nn
 
+from .convmixer import ConvMixer
 from .resnet_cifar import ResNet18, ResNet20
 from .small_cnn import SmallCNN
 from .vgg_cifar import VGG16BN
+from .vit import ViT
 
 _MODELS: dict[str, type[nn.Module]] = {
     "resnet18": ResNet18,
     "resnet20": ResNet20,
     "vgg16_bn": VGG16BN,
     "small_cnn": SmallCNN,
+    # patch-embedding models: a key of block size = patch size (4) folds into their weights
+    "vit": ViT,
+    "convmixer": ConvMixer,
 }
 
 
@@ -41,4 +46,5 @@ def model_name(model: nn.Module) -> str:
     )
 
 
-__all__ = ["ResNet18", "ResNet20", "SmallCNN", "VGG16BN", "create_model", "list_models", "model_name"]
+__all__ = ["ConvMixer", "ResNet18", "ResNet20", "SmallCNN", "VGG16BN", "ViT", "create_model", "list_models",
+           "model_name"]

@@ -28,7 +28,7 @@ from ..errors import ConfigError, DataError, KeyFileError, KeyMismatchError
 from ..keys import KeySet
 from ..models import create_model
 from ..normalize import Normalize
-from ..plan import TRANSFORMS
+from ..plan import IN_BLOCK_TRANSFORMS
 from ..transforms import BlockTransform
 from .evaluate import evaluate_plain, evaluate_protection
 from .model import ProtectedModel, transform_from_config
@@ -72,10 +72,10 @@ def parse_ops(text: str) -> tuple[str, ...]:
     if text in ("", "plain", "none"):
         return ()
     ops = tuple(o.strip() for o in text.split(","))
-    bad = [o for o in ops if o not in TRANSFORMS]
+    bad = [o for o in ops if o not in IN_BLOCK_TRANSFORMS]
     if bad or len(set(ops)) != len(ops):
-        raise ConfigError(f"ops must be 'plain' or a comma list of {', '.join(TRANSFORMS)}, each at most once; "
-                          f"got {text!r}")
+        raise ConfigError(f"ops must be 'plain' or a comma list of {', '.join(IN_BLOCK_TRANSFORMS)}, each at "
+                          f"most once; got {text!r}")
     return ops
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import statistics
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import write_json, write_text
@@ -33,7 +35,8 @@ from ..engine.classifier import DEFAULTS, TrainResult
 from ..engine.device import device_name
 from ..engine.ranks import Ranks
 from ..errors import CheckpointError, ConfigError
-from ..plan import TRANSFORMS
+from ..normalize import Normalize
+from ..plan import IN_BLOCK_TRANSFORMS
 from ..report.tables import TRANSFORM_LABELS, duration, markdown_table, percent, plural
 from ..keys import KeySet
 from . import experiment
@@ -71,7 +74,7 @@ class Cell:
 
 def default_cells() -> list[Cell]:
     """All 13 cells, the most informative first: plain, then M = 4, 2, 8, 16 for every transform."""
-    return [Cell()] + [Cell(op, m) for m in BLOCK_SIZES for op in TRANSFORMS]
+    return [Cell()] + [Cell(op, m) for m in BLOCK_SIZES for op in IN_BLOCK_TRANSFORMS]
 
 
 CELLS_SYNTAX = ("a comma list of 'plain' and <transform>-<M> with transform shuffle, negpos or ffx and "
@@ -87,7 +90,7 @@ def parse_cells(text: str) -> list[Cell]:
         op, _, m = item.rpartition("-")
         if item == "plain":
             cell = Cell()
-        elif op in TRANSFORMS and m.isdigit() and int(m) >= 1:
+        elif op in IN_BLOCK_TRANSFORMS and m.isdigit() and int(m) >= 1:
             cell = Cell(op, int(m))
         else:
             raise ConfigError(f"unknown cell {item!r} in --cells {text!r}: expected {CELLS_SYNTAX}")
@@ -201,7 +204,7 @@ def run_grid(base: experiment.RunConfig, cells: list[Cell], out: str | Path, *, 
     ranks = Ranks.current()
     log = log if ranks.is_main else (lambda _: None)
     settings = grid_settings(base, wrong_keys)
-    todo = ranks.from_main(lambda: _cells_to_do(out, cells, settings))
+    todo = ranks.from_main(lambda: _cells_to_do(out, cells, settings))  # creates nothing: a bad run leaves no folder
     for cell in cells:
         if cell not in todo:
             log(f"skipping {cell.name}: finished ({out / 'cells' / (cell.name + '.json')})")
@@ -210,9 +213,13 @@ def run_grid(base: experiment.RunConfig, cells: list[Cell], out: str | Path, *, 
         for cell in todo:
             if cell.block_size is not None:
                 experiment.check_block_size(train_set, cell.block_size)
+        ranks.from_main(lambda: _prepare(out))
         log(f"data: {base.data}, {len(train_set)} train / {len(test_set)} test images; model {base.model}, "
             f"{plural(base.epochs, 'epoch')}, batch {base.batch_size}; {device_name(base.device)}")
         loader = experiment.make_loader(base, train_set)  # shared: each run sets its own epochs
+        if torch.device(base.device).type == "cpu" and not ranks.distributed and isinstance(train_set, ImageSet):
+            for line in cpu_estimate(base, train_set, len(test_set), len(todo), wrong_keys):
+                log(line)
         test_set = test_set.to(base.device)
         for i, cell in enumerate(todo, 1):
             log(f"[{i}/{len(todo)}] {cell.name}")
@@ -225,10 +232,7 @@ def run_grid(base: experiment.RunConfig, cells: list[Cell], out: str | Path, *, 
 
 
 def _cells_to_do(out: Path, cells: list[Cell], settings: dict[str, Any]) -> list[Cell]:
-    """Prepare `out` and list the cells without a record, refusing records of other settings."""
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    (out / "keys").mkdir(exist_ok=True)
-    (out / "keys").chmod(0o700)
+    """The cells without a record in `out` (which may not exist yet), refusing records of other settings."""
     for cell in cells:  # refuse mixed settings before spending any time
         record = _load_record(out, cell)
         if record is not None and record["settings"] != settings:
@@ -236,6 +240,13 @@ def _cells_to_do(out: Path, cells: list[Cell], settings: dict[str, Any]) -> list
                                 if record["settings"].get(k) != v)
             raise CheckpointError(f"{out} holds results of other settings ({changed}); use another --out")
     return [c for c in cells if _load_record(out, c) is None]
+
+
+def _prepare(out: Path) -> None:
+    """The folders of a grid, made once the cells are known to fit the data."""
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    (out / "keys").mkdir(exist_ok=True)
+    (out / "keys").chmod(0o700)
 
 
 def _keep_record(out: Path, cell: Cell, record: dict[str, Any]) -> None:
@@ -261,7 +272,7 @@ def _load_record(out: Path, cell: Cell) -> dict[str, Any] | None:
 def _records(out: Path) -> list[dict[str, Any]]:
     """Every finished cell in `out`, in grid order (plain, then by transform and block size)."""
     records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
-    order = {op: i for i, op in enumerate(TRANSFORMS)}
+    order = {op: i for i, op in enumerate(IN_BLOCK_TRANSFORMS)}
     return sorted(records, key=lambda r: (bool(r["ops"]), order.get(r["ops"][0], 9) if r["ops"] else 0,
                                           r["block_size"] or 0))
 
@@ -272,6 +283,90 @@ def _summary(r: dict[str, Any]) -> str:
         line += (f", wrong keys mean {percent(r['wrong_keys']['mean'])} (max {percent(r['wrong_keys']['max'])}),"
                  f" plain images {percent(r['plain_images_accuracy'])}")
     return line + f"; {r['seconds_per_epoch']:.1f} s/epoch, {duration(r['train_seconds'] + r['eval_seconds'])}"
+
+
+# --- how long a run on a CPU takes ---------------------------------------------------------
+
+# A run that fits a CPU in minutes: the small CNN, a subset of CIFAR-10, the four M = 4 cells.
+CPU_BUDGET = {"model": "small_cnn", "epochs": 5, "train_subset": 10000, "test_subset": 2000}
+CPU_BUDGET_CELLS = "plain,shuffle-4,negpos-4,ffx-4"
+LONG_RUN = 3600.0  # seconds; a CPU run estimated longer than this gets the budget suggested
+
+
+def step_seconds(config: experiment.RunConfig, train_set: ImageSet, repeats: int = 2) -> tuple[float, float]:
+    """(training step, forward pass) seconds of `config`'s model on one batch of `train_set`:
+    the median of `repeats` after a warm-up. The model and optimizer are throwaways; the global
+    RNG is reseeded by every run, so measuring changes no result."""
+    model = experiment.build_model(config, train_set).to(config.device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    normalize = Normalize((0.5,) * train_set.images.shape[1], (0.25,) * train_set.images.shape[1]).to(config.device)
+    x = normalize(train_set.images[: config.batch_size].to(config.device))
+    y = train_set.labels[: config.batch_size].to(config.device)
+
+    def train_step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def median_seconds(run: Callable[[], None]) -> float:
+        times = []
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            run()
+            if i:  # the first call warms up
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    return median_seconds(train_step), median_seconds(forward)
+
+
+def run_seconds(config: experiment.RunConfig, train_images: int, test_images: int, cells: int, wrong_keys: int,
+                step: float, forward: float) -> float:
+    """A grid's training and evaluation time from one batch's step and forward times: every cell
+    trains `epochs` epochs and runs the test set once with the correct key, once per wrong key and
+    once on plain images."""
+    batches = math.ceil(train_images / config.batch_size)
+    evaluation = (wrong_keys + 2) * test_images / config.batch_size * forward
+    return cells * (config.epochs * batches * step + evaluation)
+
+
+def rough_duration(seconds: float) -> str:
+    """'40 s', '25 min', '3.5 h', '2.1 days': how long, to the precision an estimate has."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def cpu_estimate(base: experiment.RunConfig, train_set: ImageSet, test_images: int, cells: int,
+                 wrong_keys: int) -> list[str]:
+    """What a grid on this CPU will take, from its first batches; with a budget that fits a CPU
+    (and what that takes) when the grid would run longer than LONG_RUN."""
+    step, forward = step_seconds(base, train_set)
+    total = run_seconds(base, len(train_set), test_images, cells, wrong_keys, step, forward)
+    lines = [f"estimate: a {base.model} training step of {base.batch_size} images takes {step:.2f} s on this CPU "
+             f"(measured on its first batches): {plural(cells, 'model')} x {plural(base.epochs, 'epoch')} x "
+             f"{math.ceil(len(train_set) / base.batch_size)} steps, with evaluation, is about {rough_duration(total)}"]
+    if total > LONG_RUN:
+        small = dataclasses.replace(base, model=CPU_BUDGET["model"], epochs=CPU_BUDGET["epochs"])
+        small_step, small_forward = step_seconds(small, train_set)
+        budget_cells = len(parse_cells(CPU_BUDGET_CELLS))
+        small_total = run_seconds(small, min(len(train_set), CPU_BUDGET["train_subset"]),
+                                  min(test_images, CPU_BUDGET["test_subset"]), budget_cells, wrong_keys,
+                                  small_step, small_forward)
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in CPU_BUDGET.items())
+        lines.append(f"the defaults are sized for a GPU (--device cuda); for a run that fits this CPU (about "
+                     f"{rough_duration(small_total)}), stop this one (Ctrl-C) and pass {flags} "
+                     f"--cells {CPU_BUDGET_CELLS}")
+    return lines
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -294,7 +389,7 @@ def write_report(out: Path) -> None:
     write_text(out / "results.md", results_markdown(records))
 
     def curves(value: Callable[[dict[str, Any]], float]) -> dict[str, dict[int, float]]:
-        c: dict[str, dict[int, float]] = {op: {} for op in TRANSFORMS}
+        c: dict[str, dict[int, float]] = {op: {} for op in IN_BLOCK_TRANSFORMS}
         for r in records:
             if r["ops"]:
                 c[r["ops"][0]][r["block_size"]] = 100 * value(r)
