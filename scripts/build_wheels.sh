@@ -52,8 +52,10 @@ fi
 step "building against torch $torch_version (CUDA ${cuda_version:-none}, KPFAST_CUDA=${KPFAST_CUDA:-AUTO})"
 
 rm -rf "$work/raw" "$work/repaired"
-"$python" -m pip wheel --no-build-isolation --no-deps -q -w "$work/raw" \
-  -C "build-dir=${KPFAST_WHEEL_CMAKE_DIR:-$work/cmake/{wheel_tag}}" .
+# Set apart: a "}" inside ${VAR:-default} would end the expansion early.
+default_cmake_dir="$work/cmake/{wheel_tag}"
+cmake_dir="${KPFAST_WHEEL_CMAKE_DIR:-$default_cmake_dir}"
+"$python" -m pip wheel --no-build-isolation --no-deps -q -w "$work/raw" -C "build-dir=$cmake_dir" .
 raw=$(ls "$work"/raw/kpfast-*.whl)
 step "built $(basename "$raw")"
 
