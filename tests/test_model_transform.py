@@ -380,11 +380,11 @@ def test_package_exports():
 @pytest.mark.slow
 @pytest.mark.parametrize("name, ops", [("vit", FOLDABLE), ("convmixer", ("shuffle", "negpos"))])
 def test_trained_models_keep_every_prediction_with_the_key_only(name, ops, one_thread):
-    # A small model trained for 4 epochs on 2,000 synthetic images (20-90 s on 2 busy cores).
-    # Measured over 5 seeds (min - max): test accuracy ViT 54-70%, ConvMixer 95-100%; with the key
-    # every prediction is the plain model's; a fresh wrong key changes 83-89% (ViT) and 79-88%
-    # (ConvMixer) of them; a key wrong in the shuffle part alone 66-90%, in the NP part alone
-    # 66-92%. A key wrong in the block permutation alone changes 0.4-0.6% of this ViT's
+    # A small model trained for 4 epochs on 2,000 synthetic images. Measured over 5 seeds, 1 and
+    # 2 threads (min - max): test accuracy ViT 76-83%, ConvMixer 95-100% (bound 30%); with the key
+    # every prediction is the plain model's; a fresh wrong key changes 85-98% (ViT) and 75-94%
+    # (ConvMixer) of them; a key wrong in the shuffle part alone 76-95%, in the NP part alone
+    # 71-95% (bound 30%). A key wrong in the block permutation alone changes 0-1.2% of this ViT's
     # predictions: it relies little on where a patch is (see docs/model-transform.md).
     from kpfast.data import DeviceLoader
     from kpfast.data.synthetic import make_synthetic
