@@ -98,6 +98,17 @@ def _report(what: str, protected: ProtectedModel, args: argparse.Namespace, key_
           f"in {1000 * seconds:.1f} ms")
 
 
+def _write(args: argparse.Namespace, done: str, fold, keys: KeySet, key_path: str, new_key: bool) -> None:
+    """Fold the key into the weights (timed), then write the new key (if made here) and the model."""
+    start = time.perf_counter()
+    result = fold()
+    seconds = time.perf_counter() - start
+    if new_key:
+        keys.save(key_path)
+    result.save(args.out)
+    _report(f"{type(result.model).__name__} {done}", result, args, key_path, new_key, seconds)
+
+
 def run_protect(args: argparse.Namespace) -> int:
     _check_output(args)
     fingerprint = ProtectedModel.read(args.model, mmap=True)["key_fingerprint"]
@@ -111,13 +122,8 @@ def run_protect(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.model} holds a {type(model).__name__}: only models with a patch embedding "
                           "(vit, convmixer) can be protected without training")
     keys, new = _key(args.key, lambda: KeySet.generate(block_size, model.in_channels, grid=_grid(args, block_size)))
-    start = time.perf_counter()
-    protected = protect(plain, keys, args.ops)  # checks everything before a file is written
-    seconds = time.perf_counter() - start
-    if new:
-        keys.save(args.key)
-    protected.save(args.out)
-    _report(f"{type(model).__name__} protected", protected, args, args.key, new, seconds)
+    # protect checks everything before a file is written
+    _write(args, "protected", lambda: protect(plain, keys, args.ops), keys, args.key, new)
     return 0
 
 
@@ -129,11 +135,5 @@ def run_rekey(args: argparse.Namespace) -> int:
     new_keys, new = _key(args.new_key, lambda: KeySet.generate(keys.block_size, keys.channels, grid=keys.grid))
     if new_keys == keys:
         raise ConfigError(f"{args.new_key} holds the model's current key: give another key file")
-    start = time.perf_counter()
-    moved = rekey(protected, keys, new_keys, args.ops)
-    seconds = time.perf_counter() - start
-    if new:
-        new_keys.save(args.new_key)
-    moved.save(args.out)
-    _report(f"{type(moved.model).__name__} re-keyed", moved, args, args.new_key, new, seconds)
+    _write(args, "re-keyed", lambda: rekey(protected, keys, new_keys, args.ops), new_keys, args.new_key, new)
     return 0
