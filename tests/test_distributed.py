@@ -328,3 +328,51 @@ def test_an_error_of_rank_0_is_an_echo_on_the_other_ranks():
             WithoutGroup(rank, runs=runs).check_same_run(runs[rank])
         assert echoes_main(e.value) == (rank == 1)
     assert not echoes_main(ConfigError("a rank's own error"))
+
+
+@pytest.mark.parametrize("rank, prints", [("0", True), ("1", False)])
+def test_a_usage_error_is_printed_by_rank_0_only(monkeypatch, capsys, rank, prints):
+    # Every rank parses the same command line: one usage message per job, the same exit status.
+    from kpfast.cli import main
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--no-such-option"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert ("kpfast train: error:" in err) == prints
+
+
+def test_the_finetune_attack_trains_data_parallel(tmp_path):
+    # `kpfast attack finetune` on 2 ranks computes what one process computes with the same global
+    # batch (the training losses to float tolerance, the same test accuracies), rank 0 alone
+    # writing and printing; the attacks that do not train refuse to run on 2 ranks. The model is
+    # the ViT: LayerNorm, no BatchNorm, whose statistics would be per rank on the CPU.
+    import numpy as np
+    from test_attacks_standins import write_fashion_like
+
+    from kpfast import BlockTransform
+    from kpfast.cli import main
+    from kpfast.models import create_model
+    from kpfast.protection import ProtectedModel
+
+    write_fashion_like(tmp_path / "data")
+    key = KeySet.generate(4, 1, rng=np.random.default_rng(0))
+    torch.manual_seed(0)
+    ProtectedModel(create_model("vit", 10, 1), BlockTransform(key, ("shuffle", "negpos"), (0.3,), (0.35,))
+                   ).save(tmp_path / "model.pt")
+    common = ["--model", str(tmp_path / "model.pt"), "--data", "fashion-mnist", "--data-root", str(tmp_path / "data"),
+              "--test-subset", "40", "--fractions", "0.1", "--steps", "8", "--finetune-batch", "8", "--no-progress"]
+    with single_thread():
+        assert main(["attack", "finetune", *common, "--out", str(tmp_path / "one")]) == 0
+    results = launch([["-m", "kpfast", "attack", "finetune", *common, "--out", str(tmp_path / "two")]] * 2, tmp_path)
+    assert [code for code, _ in results] == [0, 0], results
+    assert "wrote" in results[0][1] and "wrote" not in results[1][1]
+    one, two = (json.loads((tmp_path / f / "finetune.json").read_text())["result"]["runs"] for f in ("one", "two"))
+    assert [r["variant"] for r in one] == [r["variant"] for r in two]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["test_accuracy"] == a["test_accuracy"]
+    refused = launch([["-m", "kpfast", "attack", "key-space", *common, "--out", str(tmp_path / "ks")]] * 2, tmp_path)
+    assert [code for code, _ in refused] == [2, 2]
+    assert "only finetune trains data-parallel" in refused[0][1] and "only finetune" not in refused[1][1]

@@ -12,7 +12,10 @@ and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
+import os
 import sys
 from collections.abc import Sequence
 
@@ -72,10 +75,27 @@ def version_line() -> str:
     return f"kpfast {version} (built against torch {info['torch_version']}, CUDA {info['cuda_version'] or 'none'})"
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``. Under a launcher every rank parses the same command line, so
+    only rank 0 prints a usage error or the help (the others exit with the same status, silently)."""
+    if not {"RANK", "WORLD_SIZE", "SLURM_NTASKS"} & os.environ.keys():
+        return parser.parse_args(argv)  # no launcher: `kpfast --help` imports nothing more
+    from ..engine.distributed import launch_env
+    from ..errors import ConfigError
+    try:
+        launch = launch_env()
+    except ConfigError:
+        launch = None  # a broken launcher environment is reported by the run itself
+    if launch is None or launch.rank == 0:
+        return parser.parse_args(argv)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)  # the only top-level option is a flag
-    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    args = _parse(build_parser(command if command in COMMANDS else None), argv)
     try:
         return args.run(args) or 0
     except KpfastError as e:

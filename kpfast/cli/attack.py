@@ -19,11 +19,14 @@ import dataclasses
 from pathlib import Path
 
 from ..engine.device import resolve_device
-from ..errors import Interrupted
+from ..engine.distributed import process_group, rank_device
+from ..engine.ranks import Ranks
+from ..errors import ConfigError, Interrupted
 from ..protection.attacks import audit as audits
 from .options import add_device, floats, positive_int
 
 ATTACKS = ("key-space", "key-search", "key-estimate", "finetune", "known-plaintext")
+DATA_PARALLEL = ("finetune",)  # the attacks that train: torchrun --nproc-per-node N -m kpfast attack finetune
 
 
 def counts(text: str) -> tuple[int, ...]:
@@ -83,11 +86,15 @@ def budget_from(args: argparse.Namespace, device: str) -> tuple[audits.Budget, s
     return dataclasses.replace(b, **changes), f"{name}+custom" if custom else name
 
 
-def prepare(args: argparse.Namespace, key: str | None) -> audits.Audit:
-    device = str(resolve_device(args.device))
+def prepare(args: argparse.Namespace, key: str | None, ranks: Ranks | None = None) -> audits.Audit:
+    """The audit of the command line; in a distributed job on this rank's device, rank 0 speaking."""
+    ranks = ranks or Ranks()
+    device = str(rank_device(resolve_device(args.device), ranks))
     budget, name = budget_from(args, device)
     return audits.prepare(args.model, key, args.data, args.data_root, args.out, budget=budget, budget_name=name,
-                          seed=args.seed, device=device, cache=args.cache, progress=not args.no_progress)
+                          seed=args.seed, device=device, cache=args.cache,
+                          progress=not args.no_progress and ranks.is_main,
+                          log=print if ranks.is_main else (lambda _: None))
 
 
 def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
@@ -99,11 +106,21 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    audit = prepare(args, args.key)
-    try:
-        audits.run_stage(audit, args.attack)
-    except KeyboardInterrupt as e:
-        raise Interrupted(f"{e or 'interrupted'}; progress is kept in {args.out}: run the same command again") from None
+    with process_group(args.device) as ranks:  # a single process outside torchrun
+        def one_process_only() -> None:
+            if ranks.distributed and args.attack not in DATA_PARALLEL:
+                raise ConfigError(f"{args.attack} runs as one process; under torchrun only "
+                                  f"{', '.join(DATA_PARALLEL)} trains data-parallel")
+
+        ranks.from_main(one_process_only)  # raised on every rank, reported by rank 0
+        audit = prepare(args, args.key, ranks)
+        try:
+            audits.run_stage(audit, args.attack)
+        except KeyboardInterrupt as e:
+            raise Interrupted(f"{e or 'interrupted'}; progress is kept in {args.out}: run the same command "
+                              "again") from None
+        if not ranks.is_main:  # rank 0 writes the report
+            return 0
     report = audits.write_report(audit)
     print(Path(report).read_text())
     print(f"wrote {Path(args.out) / (args.attack + '.json')} and {report}")

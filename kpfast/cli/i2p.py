@@ -9,9 +9,10 @@ Examples:
 
   kpfast i2p run --data cifar10 --device cuda --out runs/i2p            # the full run on a GPU
   kpfast i2p run --data path/to/cifar10.zip --out runs/i2p              # an image folder or zip
-  kpfast i2p run --data synthetic --train-subset 500 --test-subset 200 --epochs-classifier 2 \\
-      --epochs-features 1 --epochs-transform 2 --epochs-attack 1 --epochs-gan 1 --width 0.25 \\
-      --device cpu --out /tmp/i2p                                       # a smoke run on a CPU
+  kpfast i2p run --data synthetic --train-subset 1000 --test-subset 300 --classifiers small_cnn \\
+      --lambdas 0.01 --feature-model small_cnn --epochs-classifier 3 --epochs-features 1 \\
+      --epochs-transform 12 --epochs-attack 2 --epochs-gan 1 --width 0.125 --gan-width 0.125 \\
+      --batch-size 16 --device cpu --out runs/i2p-tiny   # on a CPU, minutes
   kpfast i2p export --transform runs/i2p/transforms/resnet20-lam0.01.pt --data cifar10 --out protected/
 
 The defaults are sized for one GPU (about 25 minutes for CIFAR-10 on a recent data-centre GPU).
@@ -64,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     r.add_argument("--vgg-weights", default=d.vgg_weights,
                    help="torchvision vgg16 state dict; None: $TORCH_HOME/hub/checkpoints/vgg16-397923af.pth "
                         "if present, else the fallback F")
-    r.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="of ψ, h_θ and the ITN (the GAN uses 64)")
+    r.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="of ψ, h_θ and the ITN (the GAN uses 64); the SGD learning rate scales with it, 0.1 at 128")
     r.add_argument("--train-subset", type=positive_int, default=d.train_subset,
                    help="the first N images, balanced over classes (None: all)")
     r.add_argument("--test-subset", type=positive_int, default=d.test_subset,

@@ -143,7 +143,7 @@ def evaluate_protection(
 
     - the correct `keys` (accuracy, loss, per-class accuracy);
     - wrong keys: `wrong_keys` fresh ones from `generate_key()` (default: new random keys of the
-      same block size and channel count, `type(keys).generate_many(...)`: from the OS CSPRNG, or
+      same block size, channel count and grid, `type(keys).generate_many(...)`: from the OS CSPRNG, or
       reproducibly from `seed`), or the given list; reported as mean/min/max accuracy. They are
       scored with :func:`accuracy_per_key`, `keys_per_launch` at a time when they are KeySets
       (then `make_transform` also gets lists of them), else one at a time;
@@ -158,7 +158,7 @@ def evaluate_protection(
             wrong_keys = [generate_key() for _ in range(wrong_keys)]
         else:
             rng = None if seed is None else np.random.default_rng(seed)
-            wrong_keys = type(keys).generate_many(wrong_keys, keys.block_size, keys.channels, rng=rng)
+            wrong_keys = type(keys).generate_many(wrong_keys, keys.block_size, keys.channels, grid=keys.grid, rng=rng)
     if not wrong_keys:
         raise ConfigError("need at least one wrong key")
     if any(k.fingerprint() == keys.fingerprint() for k in wrong_keys):

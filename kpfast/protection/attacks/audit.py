@@ -30,6 +30,7 @@ import torch
 from ...atomic import write_json, write_text
 from ...data import ImageSet, load_dataset
 from ...engine.device import device_name
+from ...engine.ranks import Ranks
 from ...errors import CheckpointError, ConfigError
 from ...keys import KeySet
 from ..evaluate import KEYS_PER_LAUNCH, evaluate_protection
@@ -38,7 +39,7 @@ from .finetune import finetune_attack, sizes_from_fractions
 from .key_estimate import estimate_key
 from .key_search import random_key_search
 from .keyspace import key_space
-from .known_plaintext import known_plaintext_sweep
+from .known_plaintext import SCRAMBLE_NOT_COVERED, known_plaintext_sweep
 from .scoring import StolenModel, check_images, load_stolen, sample
 
 STAGES = ("protection", "key-space", "key-search", "key-estimate", "finetune", "known-plaintext")
@@ -156,7 +157,7 @@ def _run_stage(audit: Audit, stage: str) -> dict[str, Any]:
         return evaluate_protection(s.network, s.transform, key, audit.test_set, wrong_keys=b.wrong_keys,
                                    seed=audit.seed, device=s.device, keys_per_launch=b.keys_per_launch)
     if stage == "key-space":
-        return key_space(s.ops, s.block_size, s.channels).as_dict()
+        return key_space(s.ops, s.block_size, s.channels, grid=s.grid).as_dict()
     if stage == "key-search":
         x, y = attacker_batch(audit, b.search_batch, "the key search batch")
         searches = [random_key_search(s, x, y, test_x, test_y, num_keys=b.search_keys, batch=b.search_batch,
@@ -201,8 +202,11 @@ def run_stage(audit: Audit, stage: str) -> dict[str, Any]:
     audit.log(f"{stage}: running")
     began = time.perf_counter()
     result = _run_stage(audit, stage)
-    write_json(path, {"settings": settings, "seconds": time.perf_counter() - began, "result": result})
-    (audit.out / f"{stage}.png").unlink(missing_ok=True)  # drawn again by the next report
+    ranks = Ranks.current()  # a data-parallel stage (finetune under torchrun): rank 0 writes
+    if ranks.is_main:
+        write_json(path, {"settings": settings, "seconds": time.perf_counter() - began, "result": result})
+        (audit.out / f"{stage}.png").unlink(missing_ok=True)  # drawn again by the next report
+    ranks.barrier()
     return result
 
 
@@ -249,6 +253,9 @@ def run_audit(audit: Audit, stages: Sequence[str] = STAGES) -> dict[str, dict[st
     if unknown:
         raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; expected some of {', '.join(STAGES)}")
     for stage in stages:
+        if stage == "known-plaintext" and "scramble" in audit.stolen.ops:
+            audit.log(f"{stage}: skipped: {SCRAMBLE_NOT_COVERED}")
+            continue
         run_stage(audit, stage)
         write_report(audit)
     return load_records(audit.out)

@@ -11,7 +11,9 @@ Every run trains through :func:`kpfast.engine.train` (SGD, one-cycle schedule, a
 the device), resumable from its checkpoint; the budget is ``steps`` optimizer steps of
 ``batch_size`` images for every n (``epochs = round(steps / batches per epoch)``, at least 1).
 The from-scratch runs do not depend on the stolen model: with ``cache`` they are kept there by
-their settings and shared between models.
+their settings and shared between models. Under ``torchrun`` every run trains data-parallel
+(``batch_size`` is the global batch; ``torchrun --nproc-per-node N -m kpfast attack finetune ...``)
+and rank 0 writes the records.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import torch
 from ...atomic import write_json
 from ...data import DeviceLoader, ImageSet
 from ...engine.classifier import DEFAULTS, batches, evaluate, train
+from ...engine.ranks import Ranks
 from ...errors import ConfigError, DataError
 from ...keys import KeySet
 from ...models import create_model
@@ -98,6 +101,7 @@ def finetune_attack(stolen: StolenModel, train_set: ImageSet, test_set: ImageSet
         if n > len(train_set):
             raise DataError(f"n = {n} images asked for, but the training set has only {len(train_set)}")
     test = batches(test_set.images, test_set.labels, 500)
+    ranks = Ranks.current()  # under torchrun every run trains data-parallel; rank 0 writes the records
     plain = stolen.plain()
     start = evaluate(stolen.network, plain, test, stolen.device)["accuracy"]
     runs = []
@@ -121,13 +125,14 @@ def finetune_attack(stolen: StolenModel, train_set: ImageSet, test_set: ImageSet
             record = _load(folder, name)
             if record is None:
                 record = _train_one(stolen, variant, subset, test, epochs, batch_size, lr, seed,
-                                    None if folder is None else folder / name, progress)
+                                    None if folder is None else folder / name, progress and ranks.is_main)
                 record.update(images=len(subset), requested=n, epochs=epochs, steps=epochs * per_epoch,
                               settings=record_settings)
-                if folder is not None:
+                if folder is not None and ranks.is_main:
                     folder.mkdir(parents=True, exist_ok=True)
                     write_json(folder / f"{name}.json", record)
                     shutil.rmtree(folder / name, ignore_errors=True)  # the record replaces the checkpoint
+                ranks.barrier()
             record["variant"] = variant
             runs.append(record)
     return FinetuneResult(sizes=[r["images"] for r in runs if r["variant"] == variants[0]],
@@ -143,11 +148,12 @@ def _train_one(stolen: StolenModel, variant: str, subset: ImageSet, test: list, 
     else:
         network = copy.deepcopy(stolen.network)
     if variant == "own-key":  # the attacker's own key: reproducible for evaluation, never a secret
-        transform = stolen.transform(KeySet.generate(stolen.block_size, stolen.channels,
+        transform = stolen.transform(KeySet.generate(stolen.block_size, stolen.channels, grid=stolen.grid,
                                                      rng=np.random.default_rng([seed, 1])))
     else:
         transform = stolen.plain()
-    loader = DeviceLoader(subset, batch_size, device=stolen.device, shuffle=True, augment=True, seed=seed)
+    loader = DeviceLoader(subset, batch_size, device=stolen.device, shuffle=True, augment=True, seed=seed,
+                          ranks=Ranks.current())
     result = train(network, transform, loader, epochs=epochs, lr=lr, device=stolen.device, seed=seed,
                    checkpoint_dir=checkpoint, resume=checkpoint is not None, progress=progress,
                    log=lambda _: None)

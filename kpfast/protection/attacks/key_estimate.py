@@ -3,7 +3,7 @@
 Threat model: the attacker holds the protected model file (not the key) and one small labelled
 batch of plain images. Starting from a random key they edit it one step at a time and keep an
 edit when the batch accuracy does not drop: for the permutation every swap (i, j), for each mask
-every bit flip, over several passes. The accuracy on the whole test set after every pass says
+every bit flip, and for block scrambling every swap of two block locations, over several passes. The accuracy on the whole test set after every pass says
 what the estimate is worth; in evaluation mode (the true key given) so do the fractions of
 permutation positions and mask bits it got right.
 
@@ -47,7 +47,7 @@ from .scoring import (
 CRITERIA = ("accuracy+loss", "accuracy")
 STATE_TYPE = "attack-key-estimate"
 
-Edit = tuple[str, int, int]  # ("swap", i, j) | ("negpos", l, -1) | ("ffx", l, -1)
+Edit = tuple[str, int, int]  # ("swap", i, j) | ("negpos", l, -1) | ("ffx", l, -1) | ("block_swap", a, b)
 
 
 @dataclass
@@ -76,23 +76,31 @@ class KeyEstimateResult:
         return d
 
 
-def edits(ops: tuple[str, ...], positions: int) -> Iterator[Edit]:
-    """Every edit of one pass, in the reference's order: swaps (i < j), then NP and FFX flips."""
+def edits(ops: tuple[str, ...], positions: int, blocks: int = 0) -> Iterator[Edit]:
+    """Every edit of one pass, in the reference's order: swaps (i < j), then NP and FFX flips;
+    with ``"scramble"``, then the swaps of two of the ``blocks`` block locations (a < b)."""
     if "shuffle" in ops:
         yield from (("swap", i, j) for i in range(positions) for j in range(i + 1, positions))
     for op in ("negpos", "ffx"):
         if op in ops:
             yield from ((op, l, -1) for l in range(positions))
+    if "scramble" in ops:
+        yield from (("block_swap", a, b) for a in range(blocks) for b in range(a + 1, blocks))
 
 
 def apply(keys: KeySet, edit: Edit) -> KeySet:
     kind, i, j = edit
-    return keys.swap(i, j) if kind == "swap" else keys.flip(kind, i)
+    if kind == "swap":
+        return keys.swap(i, j)
+    return keys.swap(i, j, "scramble") if kind == "block_swap" else keys.flip(kind, i)
 
 
 def _positions(edit: Edit) -> set[tuple[str, int]]:
     kind, i, j = edit
-    return {("perm", i), ("perm", j)} if kind == "swap" else {(kind, i)}
+    if kind in ("swap", "block_swap"):
+        part = "perm" if kind == "swap" else "block_perm"
+        return {(part, i), (part, j)}
+    return {(kind, i)}
 
 
 def estimate_key(stolen: StolenModel, x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
@@ -125,7 +133,7 @@ def estimate_key(stolen: StolenModel, x: torch.Tensor, y: torch.Tensor, test_x: 
     xb, yb = take(batch, x, y, "batch")
     stolen.check_key(true_key, "true key")
     launch = {"keys_per_launch": keys_per_launch, "images_per_launch": images_per_launch}
-    start_key = start if start is not None else KeySet.generate(stolen.block_size, stolen.channels,
+    start_key = start if start is not None else KeySet.generate(stolen.block_size, stolen.channels, grid=stolen.grid,
                                                                 rng=np.random.default_rng(seed))
     current = start_key
     settings = {"criterion": criterion, "seed": seed, "batch": batch, "passes": passes,
@@ -150,7 +158,8 @@ def estimate_key(stolen: StolenModel, x: torch.Tensor, y: torch.Tensor, test_x: 
         start_test, start_batch = test_accuracy(current), None
     now = score(stolen, [current], xb, yb, **launch)
     start_batch = float(now.accuracy[0]) if start_batch is None else start_batch
-    all_edits = list(edits(stolen.ops, stolen.num_positions))
+    blocks = 0 if stolen.grid is None else stolen.grid[0] * stolen.grid[1]
+    all_edits = list(edits(stolen.ops, stolen.num_positions, blocks))
     # A step scores as many edits as one model call holds: smaller steps cost no more model
     # evaluations and keep more edits per pass (the reference keeps or drops edits one at a time).
     chunk = max(1, min(keys_per_launch, images_per_launch // (screen or len(yb))))

@@ -101,7 +101,8 @@ def random_key_search(stolen: StolenModel, x: torch.Tensor, y: torch.Tensor, tes
     stolen.check_key(true_key, "true key")
     if keys is None:
         positive("num_keys", num_keys)
-        keys = candidate_keys(num_keys, stolen.block_size, stolen.channels, np.random.default_rng(seed), space=space)
+        keys = candidate_keys(num_keys, stolen.block_size, stolen.channels, np.random.default_rng(seed), space=space,
+                              grid=stolen.grid)
     else:
         keys, space = list(keys), "given"
         if not keys:

@@ -43,6 +43,10 @@ from .scoring import FFX_CODES, StolenModel, check_images, random_table, used_ag
 MIN_FFX_MAX = 255  # 256 distinct codes: the largest is at least 255
 
 
+# The recovery below matches each protected block with the plain block at the same location.
+SCRAMBLE_NOT_COVERED = ("known plaintext covers chains of in-block transforms: with 'scramble' a protected block "
+                        "comes from a secret other location, which this attack does not search")
+
 @dataclass
 class KnownPlaintextResult:
     pairs: int
@@ -86,6 +90,8 @@ def known_plaintext(stolen: StolenModel, plain: torch.Tensor, protected: torch.T
                         f"got {protected.dtype} {tuple(protected.shape)}")
     if len(plain) == 0:
         raise DataError("known plaintext needs at least one pair")
+    if "scramble" in stolen.ops:
+        raise ConfigError(SCRAMBLE_NOT_COVERED)
     check_images(stolen, plain, what="pairs")
     stolen.check_key(true_key, "true key")
     rng = np.random.default_rng(seed)

@@ -34,7 +34,8 @@ from ..model import ProtectedModel, transform_from_config
 # of the 256 byte values into 0..999.
 FFX_CODES = 1000
 CANDIDATE_SPACES = ("generate", "tables", "seed")
-KEY_PARTS = {"shuffle": ("perm",), "negpos": ("np_mask",), "ffx": ("ffx_mask", "ffx_lut")}  # what the attacks cover
+KEY_PARTS = {"shuffle": ("perm",), "negpos": ("np_mask",), "ffx": ("ffx_mask", "ffx_lut"),
+             "scramble": ("block_perm",)}  # what the attacks cover
 
 
 @dataclass
@@ -58,6 +59,12 @@ class StolenModel:
     @property
     def block_size(self) -> int:
         return self.config["block_size"]
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """The grid of blocks a chain with ``"scramble"`` was made for (None for other chains)."""
+        grid = self.config.get("grid")
+        return None if grid is None else (int(grid[0]), int(grid[1]))
 
     @property
     def channels(self) -> int:
@@ -127,8 +134,7 @@ def stolen_from(protected: ProtectedModel) -> StolenModel:
 def _check_chain(ops: Sequence[str], what: str) -> None:
     unknown = [op for op in ops if op not in KEY_PARTS]
     if unknown:
-        raise ConfigError(f"{what} uses {', '.join(unknown)}: the attacks cover the in-block transforms "
-                          f"({', '.join(KEY_PARTS)}) only")
+        raise ConfigError(f"{what} uses {', '.join(unknown)}: the attacks cover {', '.join(KEY_PARTS)} only")
 
 
 def check_images(stolen: StolenModel, x: torch.Tensor, y: torch.Tensor | None = None, what: str = "images") -> None:
@@ -185,7 +191,7 @@ def random_table(rng: np.random.Generator) -> torch.Tensor:
 
 
 def candidate_keys(n: int, block_size: int, channels: int, rng: np.random.Generator, *,
-                   space: str = "tables") -> list[KeySet]:
+                   space: str = "tables", grid: tuple[int, int] | None = None) -> list[KeySet]:
     """``n`` random key sets for a search.
 
     space:
@@ -195,12 +201,18 @@ def candidate_keys(n: int, block_size: int, channels: int, rng: np.random.Genera
         a password (an ideal FFX: the same search, without deriving tables);
         ``"seed"``: the reference's keys, :meth:`KeySet.from_seed` of random 32-bit seeds
         (password ``"password"``, masks tied to the permutation).
+    grid:
+        for a chain with ``"scramble"``: every candidate also gets a uniformly random permutation
+        of the ``rows x columns`` block locations (the reference has no block scrambling).
     """
     if space not in CANDIDATE_SPACES:
         raise ConfigError(f"space must be one of {', '.join(CANDIDATE_SPACES)}, got {space!r}")
     if space == "seed":
-        return [KeySet.from_seed(int(s), block_size, channels) for s in rng.integers(0, 2 ** 32, n)]
-    keys = KeySet.generate_many(n, block_size, channels, rng=rng)
+        keys = [KeySet.from_seed(int(s), block_size, channels) for s in rng.integers(0, 2 ** 32, n)]
+        if grid is None:
+            return keys
+        return [k.replace(block_perm=torch.from_numpy(rng.permutation(grid[0] * grid[1])), grid=grid) for k in keys]
+    keys = KeySet.generate_many(n, block_size, channels, grid=grid, rng=rng)
     if space == "tables":
         keys = [k.replace(ffx_lut=random_table(rng)) for k in keys]
     return keys
