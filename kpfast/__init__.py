@@ -67,9 +67,9 @@ def build_info() -> dict:
 
     Returns:
         A dict: ``cuda`` (bool: the CUDA kernels are built in), ``cuda_archs`` (the CUDA
-        architectures compiled for, comma-separated, e.g. ``"80,90"``, or ``""``), ``cuda_version`` (the CUDA
-        toolkit's, or ``""``) and ``torch_version`` (the torch compiled against; ``import
-        kpfast`` refuses another major.minor or CUDA variant).
+        architectures compiled for, comma-separated, e.g. ``"80,90"``, or ``""``),
+        ``cuda_version`` (the CUDA toolkit's, or ``""``) and ``torch_version`` (the torch compiled
+        against; ``import kpfast`` refuses another major.minor or CUDA variant).
 
     Example:
         >>> info = kpfast.build_info()

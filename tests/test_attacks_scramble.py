@@ -81,3 +81,30 @@ def test_evaluation_wrong_keys_are_for_the_model_grid():
     r = evaluate_protection(stolen.network, stolen.transform, key, data, wrong_keys=6, seed=5, device="cpu")
     assert r["correct_key"]["accuracy"] == 1.0
     assert r["wrong_keys"]["count"] == 6 and r["wrong_keys"]["mean"] < 1.0
+
+
+def test_the_audit_counts_block_permutations_and_skips_known_plaintext(tmp_path, capsys):
+    import json
+
+    from test_attacks_standins import write_fashion_like
+
+    from kpfast import BlockTransform
+    from kpfast.cli import main
+    from kpfast.models import create_model
+    from kpfast.protection import ProtectedModel
+
+    write_fashion_like(tmp_path / "data")  # 8x8 images: a 4x4 grid of 2x2 blocks
+    key = KeySet.generate(2, 1, grid=(4, 4), rng=np.random.default_rng(0))
+    key.save(tmp_path / "model.key")
+    torch.manual_seed(0)
+    ProtectedModel(create_model("small_cnn", 10, 1), BlockTransform(key, ("shuffle", "scramble"), (0.3,), (0.35,))
+                   ).save(tmp_path / "model.pt")
+    out = tmp_path / "audit"
+    assert main(["audit", "--model", str(tmp_path / "model.pt"), "--key", str(tmp_path / "model.key"), "--data", "fashion-mnist", "--data-root",
+                 str(tmp_path / "data"), "--out", str(out), "--stages", "key-space,known-plaintext",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "known-plaintext: skipped: known plaintext covers chains of in-block transforms" in printed
+    assert not (out / "known-plaintext.json").exists()
+    bits = json.loads((out / "key-space.json").read_text())["result"]["bits"]
+    assert bits["block_perm"] == pytest.approx(np.log2(np.arange(1, 17, dtype=float)).sum())  # log2 16!

@@ -65,7 +65,8 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     r.add_argument("--vgg-weights", default=d.vgg_weights,
                    help="torchvision vgg16 state dict; None: $TORCH_HOME/hub/checkpoints/vgg16-397923af.pth "
                         "if present, else the fallback F")
-    r.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="of ψ, h_θ and the ITN (the GAN uses 64); the SGD learning rate scales with it, 0.1 at 128")
+    r.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="of ψ, h_θ and the ITN (the GAN uses 64); the SGD learning rate "
+                        "scales with it, 0.1 at 128")
     r.add_argument("--train-subset", type=positive_int, default=d.train_subset,
                    help="the first N images, balanced over classes (None: all)")
     r.add_argument("--test-subset", type=positive_int, default=d.test_subset,

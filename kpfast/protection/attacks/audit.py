@@ -39,7 +39,8 @@ from .finetune import finetune_attack, sizes_from_fractions
 from .key_estimate import estimate_key
 from .key_search import random_key_search
 from .keyspace import key_space
-from .known_plaintext import SCRAMBLE_NOT_COVERED, known_plaintext_sweep
+from . import known_plaintext
+from .known_plaintext import known_plaintext_sweep
 from .scoring import StolenModel, check_images, load_stolen, sample
 
 STAGES = ("protection", "key-space", "key-search", "key-estimate", "finetune", "known-plaintext")
@@ -253,8 +254,8 @@ def run_audit(audit: Audit, stages: Sequence[str] = STAGES) -> dict[str, dict[st
     if unknown:
         raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; expected some of {', '.join(STAGES)}")
     for stage in stages:
-        if stage == "known-plaintext" and "scramble" in audit.stolen.ops:
-            audit.log(f"{stage}: skipped: {SCRAMBLE_NOT_COVERED}")
+        if stage == "known-plaintext" and not known_plaintext.covers(audit.stolen.ops):
+            audit.log(f"{stage}: skipped: {known_plaintext.SCRAMBLE_NOT_COVERED}")
             continue
         run_stage(audit, stage)
         write_report(audit)

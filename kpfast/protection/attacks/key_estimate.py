@@ -3,9 +3,10 @@
 Threat model: the attacker holds the protected model file (not the key) and one small labelled
 batch of plain images. Starting from a random key they edit it one step at a time and keep an
 edit when the batch accuracy does not drop: for the permutation every swap (i, j), for each mask
-every bit flip, and for block scrambling every swap of two block locations, over several passes. The accuracy on the whole test set after every pass says
-what the estimate is worth; in evaluation mode (the true key given) so do the fractions of
-permutation positions and mask bits it got right.
+every bit flip, and for block scrambling every swap of two block locations, over several passes.
+The accuracy on the whole test set after every pass says what the estimate is worth; in
+evaluation mode (the true key given) so do the fractions of permutation positions and mask bits
+it got right.
 
 Candidates are scored in batches: the edits of one step (as many as one model call holds,
 ``images_per_launch // batch``, or ``// screen`` when screening; at most ``keys_per_launch``) are
@@ -48,6 +49,7 @@ CRITERIA = ("accuracy+loss", "accuracy")
 STATE_TYPE = "attack-key-estimate"
 
 Edit = tuple[str, int, int]  # ("swap", i, j) | ("negpos", l, -1) | ("ffx", l, -1) | ("block_swap", a, b)
+SWAPS = {"swap": ("shuffle", "perm"), "block_swap": ("scramble", "block_perm")}  # edit: (op, key part)
 
 
 @dataclass
@@ -90,17 +92,12 @@ def edits(ops: tuple[str, ...], positions: int, blocks: int = 0) -> Iterator[Edi
 
 def apply(keys: KeySet, edit: Edit) -> KeySet:
     kind, i, j = edit
-    if kind == "swap":
-        return keys.swap(i, j)
-    return keys.swap(i, j, "scramble") if kind == "block_swap" else keys.flip(kind, i)
+    return keys.swap(i, j, SWAPS[kind][0]) if kind in SWAPS else keys.flip(kind, i)
 
 
 def _positions(edit: Edit) -> set[tuple[str, int]]:
     kind, i, j = edit
-    if kind in ("swap", "block_swap"):
-        part = "perm" if kind == "swap" else "block_perm"
-        return {(part, i), (part, j)}
-    return {(kind, i)}
+    return {(SWAPS[kind][1], i), (SWAPS[kind][1], j)} if kind in SWAPS else {(kind, i)}
 
 
 def estimate_key(stolen: StolenModel, x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,

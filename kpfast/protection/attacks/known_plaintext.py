@@ -41,11 +41,15 @@ from ...keys import KeySet
 from .scoring import FFX_CODES, StolenModel, check_images, random_table, used_agreement
 
 MIN_FFX_MAX = 255  # 256 distinct codes: the largest is at least 255
-
-
 # The recovery below matches each protected block with the plain block at the same location.
 SCRAMBLE_NOT_COVERED = ("known plaintext covers chains of in-block transforms: with 'scramble' a protected block "
                         "comes from a secret other location, which this attack does not search")
+
+
+def covers(ops: Sequence[str]) -> bool:
+    """Whether this attack applies to the chain ``ops`` (not to block scrambling)."""
+    return "scramble" not in ops
+
 
 @dataclass
 class KnownPlaintextResult:
@@ -90,7 +94,7 @@ def known_plaintext(stolen: StolenModel, plain: torch.Tensor, protected: torch.T
                         f"got {protected.dtype} {tuple(protected.shape)}")
     if len(plain) == 0:
         raise DataError("known plaintext needs at least one pair")
-    if "scramble" in stolen.ops:
+    if not covers(stolen.ops):
         raise ConfigError(SCRAMBLE_NOT_COVERED)
     check_images(stolen, plain, what="pairs")
     stolen.check_key(true_key, "true key")
