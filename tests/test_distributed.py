@@ -376,3 +376,35 @@ def test_the_finetune_attack_trains_data_parallel(tmp_path):
     refused = launch([["-m", "kpfast", "attack", "key-space", *common, "--out", str(tmp_path / "ks")]] * 2, tmp_path)
     assert [code for code, _ in refused] == [2, 2]
     assert "only finetune trains data-parallel" in refused[0][1] and "only finetune" not in refused[1][1]
+
+
+def test_the_audit_refuses_torchrun_and_reuses_a_data_parallel_finetune(tmp_path):
+    # `kpfast audit` runs as one process: on 2 ranks it refuses (rank 0 says why) and points to
+    # `kpfast attack finetune` under torchrun, whose record a later one-process audit reuses.
+    import numpy as np
+    from test_attacks_standins import write_fashion_like
+
+    from kpfast import BlockTransform
+    from kpfast.cli import main
+    from kpfast.models import create_model
+    from kpfast.protection import ProtectedModel
+
+    write_fashion_like(tmp_path / "data")
+    key = KeySet.generate(4, 1, rng=np.random.default_rng(0))
+    key.save(tmp_path / "model.key")
+    torch.manual_seed(0)
+    ProtectedModel(create_model("vit", 10, 1), BlockTransform(key, ("shuffle", "negpos"), (0.3,), (0.35,))
+                   ).save(tmp_path / "model.pt")
+    common = ["--model", str(tmp_path / "model.pt"), "--key", str(tmp_path / "model.key"), "--data", "fashion-mnist",
+              "--data-root", str(tmp_path / "data"), "--test-subset", "40", "--fractions", "0.1", "--steps", "4",
+              "--finetune-batch", "8", "--no-progress", "--out", str(tmp_path / "audit")]
+    refused = launch([["-m", "kpfast", "audit", *common]] * 2, tmp_path)
+    assert [code for code, _ in refused] == [2, 2]
+    assert "kpfast audit runs as one process" in refused[0][1] and "runs as one process" not in refused[1][1]
+    assert not (tmp_path / "audit").exists()
+    results = launch([["-m", "kpfast", "attack", "finetune", *common]] * 2, tmp_path)
+    assert [code for code, _ in results] == [0, 0], results
+    record = (tmp_path / "audit" / "finetune.json").read_text()
+    with single_thread():
+        assert main(["audit", *common, "--stages", "finetune"]) == 0
+    assert (tmp_path / "audit" / "finetune.json").read_text() == record  # reused, not run again
