@@ -173,7 +173,10 @@ def test_torch_compile_fullgraph(backend):
     torch.testing.assert_close(buffers[0], ops.block_lut(*largs), rtol=0, atol=0)
     torch.testing.assert_close(buffers[1], ops.block_affine(*aargs), rtol=0, atol=0)
     torch.testing.assert_close(buffers[2], t(xu), rtol=0, atol=0)
-    torch.testing.assert_close(total, sum(b.sum() for b in buffers))
+    # The buffers are exact; the returned sum is a float32 reduction whose order each backend picks
+    # (inductor's vectorised one differs from eager's), so it agrees to the rounding of a sum.
+    magnitude = sum(b.abs().sum() for b in buffers).item()
+    torch.testing.assert_close(total, sum(b.sum() for b in buffers), rtol=0, atol=1e-6 * magnitude)
 
 
 # ---------------------------------------------------------------------------------------------
