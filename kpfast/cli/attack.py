@@ -29,6 +29,15 @@ ATTACKS = ("key-space", "key-search", "key-estimate", "finetune", "known-plainte
 DATA_PARALLEL = ("finetune",)  # the attacks that train: torchrun --nproc-per-node N -m kpfast attack finetune
 
 
+def one_process_only(ranks: Ranks, message: str) -> None:
+    """Stop a multi-rank launch of what runs as one process: raised on every rank, reported by rank 0."""
+    def refuse() -> None:
+        raise ConfigError(message)
+
+    if ranks.distributed:
+        ranks.from_main(refuse)
+
+
 def counts(text: str) -> tuple[int, ...]:
     """'1,2,4' -> (1, 2, 4), each >= 1."""
     return tuple(positive_int(v.strip()) for v in text.split(",") if v.strip())
@@ -107,12 +116,9 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with process_group(args.device) as ranks:  # a single process outside torchrun
-        def one_process_only() -> None:
-            if ranks.distributed and args.attack not in DATA_PARALLEL:
-                raise ConfigError(f"{args.attack} runs as one process; under torchrun only "
-                                  f"{', '.join(DATA_PARALLEL)} trains data-parallel")
-
-        ranks.from_main(one_process_only)  # raised on every rank, reported by rank 0
+        if args.attack not in DATA_PARALLEL:
+            one_process_only(ranks, f"{args.attack} runs as one process; under torchrun only "
+                                    f"{', '.join(DATA_PARALLEL)} trains data-parallel")
         audit = prepare(args, args.key, ranks)
         try:
             audits.run_stage(audit, args.attack)

@@ -16,9 +16,9 @@ import argparse
 from pathlib import Path
 
 from ..engine.distributed import process_group
-from ..errors import ConfigError, Interrupted
+from ..errors import Interrupted
 from ..protection.attacks import audit as audits
-from .attack import DATA_PARALLEL, add_common_arguments, prepare
+from .attack import DATA_PARALLEL, add_common_arguments, one_process_only, prepare
 
 
 def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
@@ -32,15 +32,11 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     with process_group(args.device) as ranks:  # a single process outside torchrun
-        def one_process_only() -> None:
-            # Most stages search keys on one device; the data-parallel stage runs on its own and the
-            # audit then reuses its record (same --out and settings).
-            if ranks.distributed:
-                raise ConfigError(f"kpfast audit runs as one process; to run {', '.join(DATA_PARALLEL)} data-parallel, "
-                                  f"run 'torchrun ... -m kpfast attack {DATA_PARALLEL[0]}' with the same --key, --out "
-                                  "and budget first, then 'kpfast audit' reuses its result")
-
-        ranks.from_main(one_process_only)  # raised on every rank, reported by rank 0
+        # The stages search keys on one device; the data-parallel one runs on its own first and the
+        # audit reuses its record (same --key, --out and settings).
+        one_process_only(ranks, f"kpfast audit runs as one process; to run {', '.join(DATA_PARALLEL)} data-parallel, "
+                                f"run 'torchrun ... -m kpfast attack {DATA_PARALLEL[0]}' with the same --key, --out "
+                                "and budget first, then 'kpfast audit' reuses its result")
     audit = prepare(args, args.key)
     try:
         audits.run_audit(audit, stages)
